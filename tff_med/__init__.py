@@ -1,0 +1,1 @@
+"""tff_med: cross-silo federated learning for hospitals on TensorFlow Federated."""
