@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` (main job) and `make test`.
+# Both create .venv (Python 3.11) and install the pinned stack on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL := 3
+# Real data (heart_disease/, medmnist/): by default the shared folder beside the checkout.
+TFF_MED_DATA_DIR ?= $(abspath ../shared/data)
+export TFF_MED_DATA_DIR
+
+.PHONY: setup setup-gpu demo test clean
+
+$(VENV)/.installed: requirements.txt constraints.txt requirements-nodeps.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "tff_med needs Python 3.11"'
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+# GPU: CUDA-enabled TensorFlow 2.14.1 (with its NVIDIA wheels) into the same .venv.
+setup-gpu: setup
+	$(PY) -m pip install -q 'tensorflow[and-cuda]==2.14.1' -c constraints.txt
+
+demo: setup
+	$(PY) -m experiments.compare --dataset=breast_cancer --num_hospitals=3 \
+	  --partition=profiles --seeds=1 --output_dir=runs/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,50 @@
+"""Trains one federated algorithm or baseline and writes its outputs.
+
+    python -m experiments.train --dataset=heart_disease --algorithm=fedadam \
+        --data_dir=../shared/data --output_dir=runs/heart_fedadam
+
+Writes TensorBoard events, metrics.csv, saved_model/ and summary.json under
+--output_dir (default runs/DATASET/ALGORITHM/seedSEED).
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+from tff_med import experiment_flags
+from tff_med import training
+from tff_med.data import DataError
+
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where outputs go; default '
+                                  'runs/DATASET/ALGORITHM/seedSEED.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    data, keras_model_fn, model_config = experiment_flags.load_run_inputs()
+    config = experiment_flags.train_config()
+    config.validate(len(data.hospitals))
+  except (DataError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  output_dir = _OUTPUT_DIR.value or os.path.join(
+      'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
+  print(f'{FLAGS.algorithm} on {data.name}: {len(data.hospitals)} hospitals '
+        f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
+  summary = training.run(data, keras_model_fn, config, output_dir=output_dir,
+                         extra_summary={'model': model_config.name},
+                         log=lambda line: print(line, flush=True))
+  print(f"pooled test: accuracy {summary['pooled']['accuracy']:.3f} "
+        f"auc {summary['pooled']['auc']:.3f}; mean over hospitals: accuracy "
+        f"{summary['mean_hospital']['accuracy']:.3f} auc {summary['mean_hospital']['auc']:.3f}")
+  print(f'outputs in {output_dir}; TensorBoard: tensorboard --logdir {output_dir}/tensorboard')
+
+
+if __name__ == '__main__':
+  app.run(main)

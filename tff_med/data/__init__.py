@@ -1,0 +1,73 @@
+"""Hospital data sets: `DataConfig` says which, `load` builds its `FederatedData`.
+
+  heart_disease:  UCI Heart Disease, 4 real hospitals (FLamby preprocessing).
+  breast_cancer:  Wisconsin breast cancer (bundled with sklearn), simulated hospitals.
+  breastmnist, pneumoniamnist: MedMNIST images, simulated hospitals.
+  csv:            a user's own tables, one CSV file per hospital.
+"""
+
+import dataclasses
+import os
+
+from tff_med.data import breast_cancer, csv_tables, heart_disease, medmnist
+from tff_med.data.errors import DataError
+from tff_med.data.federated_data import FederatedData
+
+DATASETS = ('heart_disease', 'breast_cancer', 'breastmnist', 'pneumoniamnist', 'csv')
+DATA_DIR_ENV = 'TFF_MED_DATA_DIR'
+
+__all__ = ['DATASETS', 'DataConfig', 'DataError', 'FederatedData', 'load']
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which data set to load and how to form its hospitals.
+
+  Attributes:
+    dataset: one of DATASETS.
+    data_dir: folder with heart_disease/ and medmnist/ (heart_disease and the
+      MedMNIST sets only); None = environment variable TFF_MED_DATA_DIR.
+    num_hospitals, partition, dirichlet_alpha, profile_features: simulated
+      hospitals (breast_cancer, MedMNIST; see `partition.simulate_hospitals`).
+      profile_features applies to breast_cancer only; () = its default.
+    csv_files, label_column, categorical_columns: the 'csv' data set.
+    test_fraction: held-out share for breast_cancer and csv (heart_disease
+      keeps FLamby's 0.34; MedMNIST uses its official test set).
+    seed: seeds splits and partitions.
+  """
+  dataset: str
+  data_dir: str | None = None
+  num_hospitals: int = 3
+  partition: str = 'profiles'
+  dirichlet_alpha: float = 0.5
+  profile_features: tuple[str, ...] = ()
+  csv_files: tuple[str, ...] = ()
+  label_column: str = 'label'
+  categorical_columns: tuple[str, ...] = ()
+  test_fraction: float = 0.34
+  seed: int = 0
+
+  def resolved_data_dir(self) -> str:
+    """`data_dir`, else $TFF_MED_DATA_DIR; DataError when neither is set."""
+    data_dir = self.data_dir or os.environ.get(DATA_DIR_ENV)
+    if not data_dir:
+      raise DataError(f'data set {self.dataset!r} needs its data folder: pass --data_dir '
+                      f'or set the environment variable {DATA_DIR_ENV}')
+    return data_dir
+
+
+def load(config: DataConfig) -> FederatedData:
+  """Builds the hospitals' data described by `config`."""
+  if config.dataset == 'heart_disease':
+    return heart_disease.load(config.resolved_data_dir(), seed=config.seed)
+  if config.dataset == 'breast_cancer':
+    return breast_cancer.load(config.num_hospitals, config.partition, config.seed,
+                              config.dirichlet_alpha, config.profile_features or None,
+                              config.test_fraction)
+  if config.dataset in medmnist.NAMES:
+    return medmnist.load(config.resolved_data_dir(), config.dataset, config.num_hospitals,
+                         config.partition, config.seed, config.dirichlet_alpha)
+  if config.dataset == 'csv':
+    return csv_tables.load(config.csv_files, config.label_column, config.categorical_columns,
+                           config.test_fraction, config.seed)
+  raise DataError(f'unknown data set {config.dataset!r}; choose one of {", ".join(DATASETS)}')

@@ -1,0 +1,90 @@
+"""Helpers shared by the dataset loaders: locating files, parsing numbers,
+train/test splitting and per-hospital z-scoring."""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn import model_selection
+
+from tff_med.data.errors import DataError
+
+Arrays = tuple[np.ndarray, np.ndarray]  # (x [N, *feature_shape], y [N])
+
+
+def resolve_dir(data_dir: str, subfolder: str) -> str:
+  """`data_dir/subfolder` when that folder exists, else `data_dir` itself."""
+  nested = os.path.join(data_dir, subfolder)
+  return nested if os.path.isdir(nested) else data_dir
+
+
+def location(hospital: str, path: str, line: int | str | None = None,
+             column: str | None = None) -> str:
+  """'hospital 'h', file PATH, line L, column C' for error messages."""
+  text = f'hospital {hospital!r}, file {path}'
+  if line is not None:
+    text += f', line {line}'
+  if column is not None:
+    text += f', column {column}'
+  return text
+
+
+def parse_finite(text: str, where: str) -> float:
+  """`text` as a finite float; DataError prefixed by `where` otherwise."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise DataError(f'{where}: value {text.strip()!r} is not a number') from None
+  if not math.isfinite(value):
+    raise DataError(f'{where}: value {text.strip()!r} is NaN or infinite')
+  return value
+
+
+def split_train_test(what: str, x: np.ndarray, y: np.ndarray, test_fraction: float,
+                     seed: int) -> tuple[Arrays, Arrays]:
+  """Stratified train/test split of `x` [N, ...], `y` [N] (sklearn, `random_state=seed`).
+
+  Falls back to a plain random split when stratifying is impossible (a class
+  with a single record, as in the Switzerland heart-disease file).
+
+  Raises:
+    DataError: naming `what` (e.g. "hospital 'va'") when even a plain split
+      leaves an empty part or `test_fraction` is not in (0, 1).
+  """
+  if not 0 < test_fraction < 1:
+    raise DataError(f'test fraction {test_fraction} must be between 0 and 1')
+  indices = np.arange(len(y))
+  try:
+    train, test = model_selection.train_test_split(
+        indices, test_size=test_fraction, stratify=y, random_state=seed)
+  except ValueError:
+    try:
+      train, test = model_selection.train_test_split(
+          indices, test_size=test_fraction, random_state=seed)
+    except ValueError as e:
+      raise DataError(f'{what}: cannot split {len(y)} records into train and test '
+                      f'with test fraction {test_fraction} ({e})') from None
+  return (x[train], y[train]), (x[test], y[test])
+
+
+def standardize_hospitals(train: Mapping[str, Arrays], test: Mapping[str, Arrays],
+                          columns: Sequence[int] | None = None
+                          ) -> tuple[dict[str, Arrays], dict[str, Arrays]]:
+  """Z-scores each hospital's `columns` (all when None) with its own training mean/std.
+
+  A column with zero training std is only centred (never divided by 0).
+  Returns new (train, test) dicts hospital -> (x float64 [N, F], y [N]).
+  """
+  train_out, test_out = {}, {}
+  for hospital, (x_train, y_train) in train.items():
+    x_test, y_test = test[hospital]
+    cols = slice(None) if columns is None else list(columns)
+    mean = x_train[:, cols].mean(axis=0)
+    std = x_train[:, cols].std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
+    x_train[:, cols] = (x_train[:, cols] - mean) / std
+    x_test[:, cols] = (x_test[:, cols] - mean) / std
+    train_out[hospital], test_out[hospital] = (x_train, y_train), (x_test, y_test)
+  return train_out, test_out

@@ -1,0 +1,39 @@
+"""Test-set evaluation of a Keras model on every hospital and on the pooled test set.
+
+Each hospital evaluates on its own test records; ROC-AUC is exact (scikit-learn
+on the logits), NaN where a test set holds one class only.
+"""
+
+import numpy as np
+import sklearn.metrics
+import tensorflow as tf
+
+from tff_med.data.federated_data import FederatedData
+
+
+def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """accuracy (threshold: logit 0, i.e. probability 0.5) and ROC-AUC."""
+  logits = np.asarray(logits).reshape(-1)
+  labels = np.asarray(labels).reshape(-1)
+  accuracy = float(np.mean((logits > 0) == (labels == 1)))
+  auc = (float(sklearn.metrics.roc_auc_score(labels, logits))
+         if len(np.unique(labels)) == 2 else float('nan'))
+  return {'accuracy': accuracy, 'auc': auc}
+
+
+def evaluate(model: tf.keras.Model, data: FederatedData, batch_size: int = 1024) -> dict:
+  """{'per_hospital': {name: {accuracy, auc, num_test}}, 'mean_hospital': {accuracy,
+  auc} (unweighted mean over hospitals, NaN AUCs left out), 'pooled': {accuracy, auc}}."""
+  logits = {h: np.concatenate([model(x, training=False).numpy() for x in
+                               np.array_split(data.test[h][0],
+                                              -(-len(data.test[h][0]) // batch_size))])
+            for h in data.hospitals}
+  per_hospital = {h: {**binary_metrics(logits[h], data.test[h][1]),
+                      'num_test': int(len(data.test[h][1]))} for h in data.hospitals}
+  pooled_logits = np.concatenate([logits[h] for h in data.hospitals])
+  return {
+      'per_hospital': per_hospital,
+      'mean_hospital': {k: float(np.nanmean([m[k] for m in per_hospital.values()]))
+                        for k in ('accuracy', 'auc')},
+      'pooled': binary_metrics(pooled_logits, data.pooled('test')[1]),
+  }

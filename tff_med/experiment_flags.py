@@ -1,0 +1,147 @@
+"""absl flags shared by the experiment binaries, and their dataset-dependent defaults.
+
+A flag left unset takes its default from `DATASET_DEFAULTS[--dataset]` (and, for
+`--server_lr`, from `SERVER_LR_DEFAULTS[--algorithm]`), so that
+`python -m experiments.train --dataset=heart_disease --algorithm=fedadam` runs the
+tuned set-up that the README's tables report.
+"""
+
+import functools
+
+from absl import flags
+
+from tff_med import data as data_lib
+from tff_med.algorithms import ALGORITHMS, AlgorithmConfig
+from tff_med.models import MODELS, ModelConfig, build_keras_model
+from tff_med.training import TrainConfig
+
+# Per dataset: the defaults behind the README's results.
+DATASET_DEFAULTS = {
+    'heart_disease': dict(model='logreg', rounds=50, local_epochs=1, batch_size=4,
+                          client_lr=0.01, eval_every=10),
+    'breast_cancer': dict(model='logreg', rounds=20, local_epochs=1, batch_size=16,
+                          client_lr=0.05, eval_every=5),
+    'breastmnist': dict(model='cnn', rounds=30, local_epochs=1, batch_size=32,
+                        client_lr=0.05, eval_every=5),
+    'pneumoniamnist': dict(model='cnn', rounds=20, local_epochs=1, batch_size=32,
+                           client_lr=0.05, eval_every=5, num_hospitals=10,
+                           partition='dirichlet'),
+    'csv': dict(model='logreg', rounds=50, local_epochs=1, batch_size=16,
+                client_lr=0.05, eval_every=10),
+}
+# Server step size per algorithm: 1.0 applies FedAvg's plain average.
+SERVER_LR_DEFAULTS = {'fedavg': 1.0, 'fedprox': 1.0, 'fedadam': 0.05, 'fedyogi': 0.05,
+                      'fedadagrad': 0.1, 'local': 1.0, 'pooled': 1.0}
+_DEPENDS = 'Default depends on --dataset (tff_med/experiment_flags.py DATASET_DEFAULTS).'
+
+flags.DEFINE_enum('dataset', 'breast_cancer', data_lib.DATASETS,
+                  'Which hospitals\' data: the four UCI heart-disease hospitals, '
+                  'scikit-learn\'s Wisconsin table split into simulated hospitals '
+                  '(embedded, needs no files), MedMNIST images, or your own CSV files.')
+flags.DEFINE_string('data_dir', None, 'Folder with heart_disease/ and medmnist/ '
+                    '(default: environment variable TFF_MED_DATA_DIR).')
+flags.DEFINE_integer('num_hospitals', None, 'Simulated hospitals for breast_cancer and '
+                     'MedMNIST. Default 3 (pneumoniamnist: 10).')
+flags.DEFINE_enum('partition', None, ['iid', 'dirichlet', 'profiles'],
+                  'How records are dealt to simulated hospitals: iid; dirichlet label '
+                  'skew; profiles (children\'s, general, oncology hospitals with their '
+                  'own disease prevalence and shifted features). Default profiles '
+                  '(pneumoniamnist: dirichlet).')
+flags.DEFINE_float('dirichlet_alpha', 0.5, 'Concentration of the Dirichlet label skew; '
+                   'smaller is more skewed.')
+flags.DEFINE_list('profile_features', [], 'Feature names shifted by hospital profiles '
+                  '(default: the dataset\'s size features; images: brightness).')
+flags.DEFINE_list('csv_files', [], 'For --dataset=csv: one CSV file per hospital; the '
+                  'file name (without .csv) names the hospital.')
+flags.DEFINE_string('label_column', 'label', 'For --dataset=csv: the 0/1 outcome column.')
+flags.DEFINE_list('categorical_columns', [], 'For --dataset=csv: columns one-hot encoded '
+                  'instead of z-scored.')
+flags.DEFINE_float('test_fraction', 0.34, 'Share of each hospital\'s records held out '
+                   'for its test set (heart_disease: FLamby\'s 0.34, fixed).')
+flags.DEFINE_enum('model', None, MODELS, 'logreg (FLamby\'s baseline), mlp for tables, '
+                  'cnn for 28x28 images. ' + _DEPENDS)
+flags.DEFINE_list('hidden_units', ['64', '32'], 'MLP hidden layer widths.')
+flags.DEFINE_float('dropout', 0.0, 'Dropout rate after hidden layers (mlp, cnn), in [0, 1).')
+flags.DEFINE_enum('algorithm', 'fedavg', ALGORITHMS, 'Federated algorithm, or a baseline: '
+                  'local (each hospital alone) or pooled (centralised on all records).')
+flags.DEFINE_integer('rounds', None, 'Federated rounds (baselines: blocks of '
+                     '--local_epochs epochs). ' + _DEPENDS)
+flags.DEFINE_integer('clients_per_round', 0, 'Hospitals sampled per round, uniformly '
+                     'without replacement; 0 = all.')
+flags.DEFINE_integer('local_epochs', None, 'Passes over a hospital\'s records per round. '
+                     + _DEPENDS)
+flags.DEFINE_integer('batch_size', None, 'Records per SGD step. ' + _DEPENDS)
+flags.DEFINE_float('client_lr', None, 'SGD step size on each hospital (and for the '
+                   'baselines). ' + _DEPENDS)
+flags.DEFINE_float('server_lr', None, 'Server optimiser step size. Default 1.0 for '
+                   'fedavg/fedprox (the plain average), 0.05 fedadam/fedyogi, 0.1 fedadagrad.')
+flags.DEFINE_float('fedprox_mu', 0.01, 'FedProx proximal strength (unitless).')
+flags.DEFINE_integer('eval_every', None, 'Rounds between test evaluations; the last '
+                     'round is always evaluated. ' + _DEPENDS)
+flags.DEFINE_integer('seed', 0, 'Seed of the split, the partition, initial weights, '
+                     'shuffling and client sampling.')
+flags.DEFINE_integer('max_concurrent_computation_calls', -1, 'Cap on concurrent calls '
+                     'of one computation in TFF\'s C++ runtime (bounds memory); <=0: none.')
+
+FLAGS = flags.FLAGS
+
+
+_COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles'}
+
+
+def _flag_or_default(name: str):
+  value = getattr(FLAGS, name)
+  if value is not None:
+    return value
+  return DATASET_DEFAULTS[FLAGS.dataset].get(name, _COMMON_DEFAULTS.get(name))
+
+
+def data_config(seed: int | None = None) -> data_lib.DataConfig:
+  """The DataConfig the flags describe (`seed` overrides --seed)."""
+  return data_lib.DataConfig(
+      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      num_hospitals=_flag_or_default('num_hospitals'),
+      partition=_flag_or_default('partition'), dirichlet_alpha=FLAGS.dirichlet_alpha,
+      profile_features=tuple(FLAGS.profile_features), csv_files=tuple(FLAGS.csv_files),
+      label_column=FLAGS.label_column, categorical_columns=tuple(FLAGS.categorical_columns),
+      test_fraction=FLAGS.test_fraction, seed=FLAGS.seed if seed is None else seed)
+
+
+def model_config() -> ModelConfig:
+  try:
+    hidden_units = tuple(int(u) for u in FLAGS.hidden_units)
+  except ValueError as e:
+    raise ValueError(f'--hidden_units={",".join(FLAGS.hidden_units)}: '
+                     'expected integers, e.g. 64,32') from e
+  return ModelConfig(name=_flag_or_default('model'), hidden_units=hidden_units,
+                     dropout=FLAGS.dropout)
+
+
+def train_config(algorithm: str | None = None, seed: int | None = None) -> TrainConfig:
+  """The TrainConfig the flags describe (`algorithm`, `seed` override the flags)."""
+  algorithm = algorithm or FLAGS.algorithm
+  server_lr = (FLAGS.server_lr if FLAGS.server_lr is not None
+               else SERVER_LR_DEFAULTS[algorithm])
+  return TrainConfig(
+      algorithm=AlgorithmConfig(name=algorithm, client_lr=_flag_or_default('client_lr'),
+                                server_lr=server_lr, fedprox_mu=FLAGS.fedprox_mu),
+      rounds=_flag_or_default('rounds'), clients_per_round=FLAGS.clients_per_round,
+      local_epochs=_flag_or_default('local_epochs'),
+      batch_size=_flag_or_default('batch_size'), eval_every=_flag_or_default('eval_every'),
+      seed=FLAGS.seed if seed is None else seed,
+      max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls)
+
+
+def load_run_inputs(seed: int | None = None):
+  """(FederatedData, keras_model_fn, ModelConfig) the flags describe, validated.
+
+  Raises:
+    DataError, ValueError: bad data or flags, naming the culprit; raised before
+      any training.
+  """
+  data = data_lib.load(data_config(seed))
+  config = model_config()
+  seed = FLAGS.seed if seed is None else seed
+  keras_model_fn = functools.partial(build_keras_model, config, data.feature_shape, seed)
+  keras_model_fn()  # Fails now, not mid-run, if the model does not fit the data.
+  return data, keras_model_fn, config

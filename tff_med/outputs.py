@@ -1,0 +1,64 @@
+"""What a run leaves under `--output_dir`.
+
+    tensorboard/       event files (tff.program.TensorBoardReleaseManager)
+    metrics.csv        the same scalars, one row per round (tff.program.CSVFileReleaseManager)
+    saved_model/       the final global model, Keras SavedModel: logits [B, 1]
+                       (`local`: saved_model/HOSPITAL/ per hospital)
+    summary.json       configuration and final results
+"""
+
+import asyncio
+import json
+import math
+import os
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+
+def _json_safe(value):
+  """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python numbers."""
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if hasattr(value, 'item') and not isinstance(value, (str, bytes)):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def write_json(path: str, value) -> None:
+  with open(path, 'w') as f:
+    json.dump(_json_safe(value), f, indent=2, sort_keys=False)
+    f.write('\n')
+
+
+class RunOutputs:
+  """Writes one run's metrics, model and summary under `output_dir`."""
+
+  def __init__(self, output_dir: str):
+    os.makedirs(output_dir, exist_ok=True)
+    self.output_dir = output_dir
+    self.tensorboard_dir = os.path.join(output_dir, 'tensorboard')
+    self.csv_path = os.path.join(output_dir, 'metrics.csv')
+    self.model_dir = os.path.join(output_dir, 'saved_model')
+    self.summary_path = os.path.join(output_dir, 'summary.json')
+    self._release_manager = tff.program.GroupingReleaseManager([
+        tff.program.TensorBoardReleaseManager(self.tensorboard_dir),
+        tff.program.CSVFileReleaseManager(
+            self.csv_path, save_mode=tff.program.CSVSaveMode.WRITE, key_fieldname='round'),
+    ])
+
+  def release(self, metrics: dict, round_num: int) -> None:
+    """Releases nested scalar `metrics` (names joined by '/') for `round_num`."""
+    asyncio.run(self._release_manager.release(metrics, key=round_num))
+
+  def save_model(self, model: tf.keras.Model, name: str | None = None) -> None:
+    """Saves to saved_model/ (or saved_model/NAME/ for one of several models)."""
+    model.save(os.path.join(self.model_dir, name) if name else self.model_dir,
+               save_format='tf')
+
+  def write_summary(self, summary: dict) -> None:
+    write_json(self.summary_path, summary)

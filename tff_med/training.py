@@ -1,0 +1,241 @@
+"""One training run: a federated algorithm or a baseline, with evaluation and outputs.
+
+`run(data, keras_model_fn, config)` trains, evaluates every `eval_every` rounds and
+at the end, writes `tff_med.outputs` when given an output folder, and returns the
+summary dict that `summary.json` holds. Baselines use the same model and budget:
+`local` trains one model per hospital on its own records, `pooled` one model on
+all hospitals' records (what privacy law forbids); each trains `local_epochs`
+epochs of SGD at `client_lr` per round.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_med import runtime
+from tff_med.algorithms import ALGORITHMS, BASELINES, AlgorithmConfig, build_learning_process
+from tff_med.data.federated_data import FederatedData
+from tff_med.evaluation import evaluate
+from tff_med.models.tff_model import loss as model_loss
+from tff_med.models.tff_model import tff_model_fn
+from tff_med.outputs import RunOutputs
+
+KerasModelFn = Callable[[], tf.keras.Model]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """`rounds`: federated rounds (baselines: the same number of epoch blocks);
+  `clients_per_round`: hospitals sampled uniformly without replacement each
+  round, 0 = all; `local_epochs`: passes over a hospital's records per round;
+  `batch_size`: records per SGD step; `eval_every`: rounds between test-set
+  evaluations (the last round is always evaluated)."""
+  algorithm: AlgorithmConfig = AlgorithmConfig()
+  rounds: int = 50
+  clients_per_round: int = 0
+  local_epochs: int = 1
+  batch_size: int = 16
+  eval_every: int = 10
+  seed: int = 0
+  max_concurrent_computation_calls: int = -1
+
+  def validate(self, num_hospitals: int) -> None:
+    """Raises ValueError naming the flag at fault."""
+    if self.algorithm.name not in ALGORITHMS:
+      raise ValueError(f'--algorithm={self.algorithm.name!r}: choose one of {ALGORITHMS}')
+    for flag in ('rounds', 'local_epochs', 'batch_size', 'eval_every'):
+      if getattr(self, flag) < 1:
+        raise ValueError(f'--{flag}={getattr(self, flag)}: must be at least 1')
+    for flag in ('client_lr', 'server_lr'):
+      if not getattr(self.algorithm, flag) > 0:
+        raise ValueError(f'--{flag}={getattr(self.algorithm, flag)}: must be positive')
+    if not 0 <= self.clients_per_round <= num_hospitals:
+      raise ValueError(f'--clients_per_round={self.clients_per_round}: must be between 0 '
+                       f'(all) and the number of hospitals, {num_hospitals}')
+
+
+def client_dataset(data: FederatedData, hospital: str, config: TrainConfig,
+                   shuffle_seed: int) -> tf.data.Dataset:
+  """A hospital's training records for one round: `local_epochs` passes, each
+  reshuffled and cut into batches of `batch_size` (the last one may be smaller)."""
+  return (data.train.create_tf_dataset_for_client(hospital)
+          .shuffle(data.num_train(hospital), seed=shuffle_seed)
+          .batch(config.batch_size)
+          .repeat(config.local_epochs))
+
+
+def _flat_eval(evaluation: dict) -> dict:
+  """Evaluation in the nested form released to TensorBoard/CSV."""
+  return {'per_hospital': {h: {'accuracy': m['accuracy'], 'auc': m['auc']}
+                           for h, m in evaluation['per_hospital'].items()},
+          'mean_hospital': evaluation['mean_hospital'],
+          'pooled': evaluation['pooled']}
+
+
+class _Progress:
+  """Prints one line per round: round, loss, elapsed and estimated time left."""
+
+  def __init__(self, rounds: int, log: Callable[[str], None]):
+    self._rounds, self._log, self._start = rounds, log, time.monotonic()
+
+  def elapsed(self) -> float:
+    return time.monotonic() - self._start
+
+  def round_done(self, round_num: int, loss: float, evaluation: dict | None) -> None:
+    elapsed = self.elapsed()
+    left = elapsed / round_num * (self._rounds - round_num)
+    line = (f'round {round_num:4d}/{self._rounds}  loss {loss:.4f}  '
+            f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s')
+    if evaluation:
+      line += (f"  pooled acc {evaluation['pooled']['accuracy']:.3f} "
+               f"auc {evaluation['pooled']['auc']:.3f}")
+    self._log(line)
+
+
+def _is_eval_round(round_num: int, config: TrainConfig) -> bool:
+  return round_num % config.eval_every == 0 or round_num == config.rounds
+
+
+def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, progress):
+  """Returns the final global Keras model and the last evaluation."""
+  probe = client_dataset(data, data.hospitals[0], config, 0)
+  process = build_learning_process(
+      config.algorithm, tff_model_fn(keras_model_fn, probe.element_spec), model_aggregator)
+  rng = np.random.default_rng(config.seed)
+  global_model = keras_model_fn()
+  state = process.initialize()
+  evaluation = None
+  for round_num in range(1, config.rounds + 1):
+    round_start = time.monotonic()
+    cohort = list(data.hospitals)
+    if 0 < config.clients_per_round < len(cohort):
+      cohort = sorted(rng.choice(cohort, config.clients_per_round, replace=False).tolist())
+    datasets = [client_dataset(data, h, config, shuffle_seed=config.seed * 100003 + round_num)
+                for h in cohort]
+    output = process.next(state, datasets)
+    state = output.state
+    train = output.metrics['client_work']['train']
+    metrics = {'train': {k: float(train[k]) for k in ('loss', 'accuracy', 'auc')},
+               'round_seconds': time.monotonic() - round_start,
+               'clients_in_round': len(cohort)}
+    evaluation = None
+    if _is_eval_round(round_num, config):
+      process.get_model_weights(state).assign_weights_to(global_model)
+      evaluation = evaluate(global_model, data)
+      metrics['eval'] = _flat_eval(evaluation)
+    if outputs:
+      outputs.release(metrics, round_num)
+    progress.round_done(round_num, metrics['train']['loss'], evaluation)
+  return global_model, evaluation
+
+
+def _train_baseline(data, keras_model_fn, config, outputs, progress):
+  """`local` or `pooled`. Returns {name: Keras model} and the last evaluation.
+
+  `local`: per_hospital holds each hospital's own model on its own test set;
+  mean_hospital their mean; pooled the mean over hospitals' models of their
+  pooled-test metrics; `local_models` each model on every test set.
+  """
+  if config.algorithm.name == 'local':
+    train_sets = {h: data.train_arrays(h) for h in data.hospitals}
+  else:
+    train_sets = {'pooled': data.pooled('train')}
+  models = {}
+  for name in train_sets:
+    models[name] = keras_model_fn()
+    models[name].compile(optimizer=tf.keras.optimizers.SGD(config.algorithm.client_lr),
+                         loss=model_loss())
+  tf.keras.utils.set_random_seed(config.seed)
+  evaluation = None
+  for round_num in range(1, config.rounds + 1):
+    round_start = time.monotonic()
+    losses = []
+    for name, (x, y) in train_sets.items():
+      dataset = (tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)[:, None]))
+                 .shuffle(len(y), seed=config.seed * 100003 + round_num).batch(config.batch_size))
+      history = models[name].fit(dataset, epochs=config.local_epochs, verbose=0)
+      losses.append(history.history['loss'][-1])
+    metrics = {'train': {'loss': float(np.mean(losses))},
+               'round_seconds': time.monotonic() - round_start}
+    evaluation = None
+    if _is_eval_round(round_num, config):
+      evaluation = _baseline_evaluation(models, data)
+      metrics['eval'] = _flat_eval(evaluation)
+    if outputs:
+      outputs.release(metrics, round_num)
+    progress.round_done(round_num, metrics['train']['loss'], evaluation)
+  return models, evaluation
+
+
+def _baseline_evaluation(models: dict, data: FederatedData) -> dict:
+  if 'pooled' in models:
+    return evaluate(models['pooled'], data)
+  local = {h: evaluate(models[h], data) for h in data.hospitals}
+  per_hospital = {h: local[h]['per_hospital'][h] for h in data.hospitals}
+  return {
+      'per_hospital': per_hospital,
+      'mean_hospital': {k: float(np.nanmean([m[k] for m in per_hospital.values()]))
+                        for k in ('accuracy', 'auc')},
+      'pooled': {k: float(np.nanmean([local[h]['pooled'][k] for h in data.hospitals]))
+                 for k in ('accuracy', 'auc')},
+      'local_models': local,
+  }
+
+
+def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
+        output_dir: str | None = None,
+        model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
+        log: Callable[[str], None] = print, extra_summary: dict | None = None) -> dict:
+  """Trains, evaluates and (with `output_dir`) writes outputs; returns the summary.
+
+  Args:
+    data: the hospitals' data.
+    keras_model_fn: no-arg function returning a fresh uncompiled Keras model
+      with one logit output, shape [B, 1]; same initial weights on every call.
+    config: the run's settings; validated before any training.
+    output_dir: where TensorBoard events, metrics.csv, saved_model/ and
+      summary.json go; None writes nothing.
+    model_aggregator: `tff.aggregators` weighted factory for the client model
+      deltas (federated algorithms only; default TFF's weighted mean).
+    log: receives the per-round progress lines.
+    extra_summary: merged into the summary (e.g. dataset options).
+  """
+  config.validate(len(data.hospitals))
+  if model_aggregator is not None and config.algorithm.name in BASELINES:
+    raise ValueError(f'--algorithm={config.algorithm.name} trains without aggregation; '
+                     'a model_aggregator needs a federated algorithm')
+  outputs = RunOutputs(output_dir) if output_dir else None
+  progress = _Progress(config.rounds, log)
+  if config.algorithm.name in BASELINES:
+    models, evaluation = _train_baseline(data, keras_model_fn, config, outputs, progress)
+  else:
+    with runtime.execution_context(
+        max_concurrent_computation_calls=config.max_concurrent_computation_calls):
+      model, evaluation = _train_federated(
+          data, keras_model_fn, config, outputs, model_aggregator, progress)
+    models = {'global': model}
+  summary = {
+      'algorithm': config.algorithm.name,
+      'dataset': data.name,
+      'rounds': config.rounds,
+      'seed': config.seed,
+      'hospitals': list(data.hospitals),
+      'data_description': data.description,
+      'config': dataclasses.asdict(config),
+      'pooled': evaluation['pooled'],
+      'mean_hospital': evaluation['mean_hospital'],
+      'per_hospital': {h: {**evaluation['per_hospital'][h], 'num_train': data.num_train(h)}
+                       for h in data.hospitals},
+      **({'local_models': evaluation['local_models']} if 'local_models' in evaluation else {}),
+      **(extra_summary or {}),
+      'wall_seconds': progress.elapsed(),
+  }
+  if outputs:
+    for name, model in models.items():
+      outputs.save_model(model, None if len(models) == 1 else name)
+    outputs.write_summary(summary)
+  return summary
