@@ -13,6 +13,7 @@ worker TFF starts and stops them all at interpreter exit, on SIGTERM, and when a
 
 import atexit
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -75,13 +76,28 @@ def stop_workers() -> None:
       time.sleep(0.01)
 
 
+class _ShutDownContext(tff.framework.SyncContext):
+  """Default context after interpreter exit began: no computation may start."""
+
+  def invoke(self, comp, arg):
+    raise RuntimeError('the TFF runtime was shut down at interpreter exit')
+
+
+def _shutdown() -> None:
+  """At exit: stop workers, then release TFF's contexts while modules still exist,
+  so TFF's `ServiceManager.__del__` runs now instead of failing during teardown."""
+  stop_workers()
+  tff.framework.set_default_context(_ShutDownContext())
+  gc.collect()
+
+
 def _on_sigterm(signum, frame):
   del frame
   stop_workers()
   raise SystemExit(128 + signum)
 
 
-atexit.register(stop_workers)
+atexit.register(_shutdown)
 
 
 def set_context(secure_sums: bool = False, max_concurrent_computation_calls: int = -1) -> None:
