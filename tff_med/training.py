@@ -96,6 +96,19 @@ class _Progress:
     self._log(line)
 
 
+def _scalar_leaves(structure) -> dict:
+  """Numeric scalar leaves of nested TFF measurements, nesting kept."""
+  leaves = {}
+  for key, value in structure.items():
+    if isinstance(value, dict):
+      value = _scalar_leaves(value)
+      if value:
+        leaves[key] = value
+    elif np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number):
+      leaves[key] = float(value)
+  return leaves
+
+
 def _is_eval_round(round_num: int, config: TrainConfig) -> bool:
   return round_num % config.eval_every == 0 or round_num == config.rounds
 
@@ -121,7 +134,8 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
     train = output.metrics['client_work']['train']
     metrics = {'train': {k: float(train[k]) for k in ('loss', 'accuracy', 'auc')},
                'round_seconds': time.monotonic() - round_start,
-               'clients_in_round': len(cohort)}
+               'clients_in_round': len(cohort),
+               'aggregator': _scalar_leaves(output.metrics['aggregator'])}
     evaluation = None
     if _is_eval_round(round_num, config):
       process.get_model_weights(state).assign_weights_to(global_model)
