@@ -31,6 +31,7 @@ def main(argv):
     data, keras_model_fn, model_config = experiment_flags.load_run_inputs()
     config = experiment_flags.train_config()
     config.validate(len(data.hospitals))
+    dp = config.build_dp(data, log=print)
   except (DataError, ValueError) as e:
     sys.exit(f'error: {e}')
   output_dir = _OUTPUT_DIR.value or os.path.join(
@@ -39,10 +40,14 @@ def main(argv):
         f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
   summary = training.run(data, keras_model_fn, config, output_dir=output_dir,
                          extra_summary={'model': model_config.name},
-                         log=lambda line: print(line, flush=True))
+                         log=lambda line: print(line, flush=True), dp=dp)
   print(f"pooled test: accuracy {summary['pooled']['accuracy']:.3f} "
         f"auc {summary['pooled']['auc']:.3f}; mean over hospitals: accuracy "
         f"{summary['mean_hospital']['accuracy']:.3f} auc {summary['mean_hospital']['auc']:.3f}")
+  if 'privacy' in summary:
+    print(f"privacy: {summary['privacy']['statement']}")
+  if summary.get('stopped_early'):
+    print(f"stopped early: {summary['reason']}")
   print(f'outputs in {output_dir}; TensorBoard: tensorboard --logdir {output_dir}/tensorboard')
 
 

@@ -14,6 +14,9 @@ FEDERATED = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad')
 BASELINES = ('local', 'pooled')
 ALGORITHMS = FEDERATED + BASELINES
 
+CLIENT_WEIGHTINGS = {'num_examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
+                     'uniform': tff.learning.ClientWeighting.UNIFORM}
+
 # Adaptivity constant tau of Reddi et al.; larger values damp early steps.
 _ADAPTIVE_EPSILON = 1e-3
 
@@ -22,11 +25,26 @@ _ADAPTIVE_EPSILON = 1e-3
 class AlgorithmConfig:
   """`client_lr`: SGD step size on each hospital; `server_lr`: server optimiser
   step size (1.0 with FedAvg/FedProx applies the plain average);
-  `fedprox_mu`: proximal strength of FedProx (0 makes it FedAvg)."""
+  `fedprox_mu`: proximal strength of FedProx (0 makes it FedAvg);
+  `client_weighting`: 'num_examples' weights each hospital's update by its
+  training records, 'uniform' weights hospitals equally."""
   name: str = 'fedavg'
   client_lr: float = 0.1
   server_lr: float = 1.0
   fedprox_mu: float = 0.01
+  client_weighting: str = 'num_examples'
+
+
+def client_optimizer(config: AlgorithmConfig) -> tff.learning.optimizers.Optimizer:
+  """Plain SGD at `client_lr` on each hospital."""
+  return tff.learning.optimizers.build_sgdm(config.client_lr)
+
+
+def client_weighting(config: AlgorithmConfig) -> tff.learning.ClientWeighting:
+  if config.client_weighting not in CLIENT_WEIGHTINGS:
+    raise ValueError(f'--client_weighting={config.client_weighting!r}: choose one of '
+                     f'{tuple(CLIENT_WEIGHTINGS)}')
+  return CLIENT_WEIGHTINGS[config.client_weighting]
 
 
 def server_optimizer(config: AlgorithmConfig) -> tff.learning.optimizers.Optimizer:
@@ -46,15 +64,16 @@ def build_learning_process(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
 ) -> tff.learning.templates.LearningProcess:
-  """The learning process of `config.name`, client updates weighted by example count.
+  """The learning process of `config.name`, client updates weighted as
+  `config.client_weighting` says.
 
   Args:
     model_aggregator: how client model deltas are combined (default: TFF's
       weighted mean); any `tff.aggregators` weighted factory plugs in here.
   """
-  client_optimizer = tff.learning.optimizers.build_sgdm(config.client_lr)
-  kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer,
+  kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer(config),
                 server_optimizer_fn=server_optimizer(config),
+                client_weighting=client_weighting(config),
                 model_aggregator=model_aggregator)
   if config.name == 'fedprox':
     return tff.learning.algorithms.build_weighted_fed_prox(

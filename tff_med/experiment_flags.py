@@ -11,7 +11,8 @@ import functools
 from absl import flags
 
 from tff_med import data as data_lib
-from tff_med.algorithms import ALGORITHMS, AlgorithmConfig
+from tff_med.algorithms import ALGORITHMS, CLIENT_WEIGHTINGS, AlgorithmConfig
+from tff_med.privacy import dp_training
 from tff_med.models import MODELS, ModelConfig, build_keras_model
 from tff_med.training import TrainConfig
 
@@ -76,6 +77,9 @@ flags.DEFINE_float('client_lr', None, 'SGD step size on each hospital (and for t
 flags.DEFINE_float('server_lr', None, 'Server optimiser step size. Default 1.0 for '
                    'fedavg/fedprox (the plain average), 0.05 fedadam/fedyogi, 0.1 fedadagrad.')
 flags.DEFINE_float('fedprox_mu', 0.01, 'FedProx proximal strength (unitless).')
+flags.DEFINE_enum('client_weighting', None, list(CLIENT_WEIGHTINGS), 'Weight of a '
+                  'hospital\'s update in the average: its number of training records, or '
+                  'uniform (hospitals count equally). ' + _DEPENDS)
 flags.DEFINE_integer('eval_every', None, 'Rounds between test evaluations; the last '
                      'round is always evaluated. ' + _DEPENDS)
 flags.DEFINE_integer('seed', 0, 'Seed of the split, the partition, initial weights, '
@@ -83,10 +87,38 @@ flags.DEFINE_integer('seed', 0, 'Seed of the split, the partition, initial weigh
 flags.DEFINE_integer('max_concurrent_computation_calls', -1, 'Cap on concurrent calls '
                      'of one computation in TFF\'s C++ runtime (bounds memory); <=0: none.')
 
+flags.DEFINE_enum('dp', 'none', list(dp_training.LEVELS), 'Differential privacy: none; '
+                  'record (DP-SGD inside each hospital, epsilon per patient record, '
+                  'accounted per hospital); client (DP-FedAvg, epsilon per hospital).')
+flags.DEFINE_float('noise_multiplier', None, 'Gaussian noise std / --l2_norm_clip '
+                   '(unitless). Give this or --target_epsilon.')
+flags.DEFINE_float('target_epsilon', None, 'Calibrate the smallest noise multiplier '
+                   'whose epsilon (at --target_delta, for the run\'s rounds and '
+                   'sampling) is at most this; inf = no noise.')
+flags.DEFINE_float('target_delta', None, 'delta of the reported (epsilon, delta)-DP. '
+                   'Default: record level, the largest power of ten below 1 / the '
+                   'largest hospital\'s training rows (larger is an error); client '
+                   'level, 1e-3.')
+flags.DEFINE_float('l2_norm_clip', 1.0, 'L2 clip of each per-example gradient '
+                   '(record) or each hospital\'s model delta (client; initial clip '
+                   'if adaptive), in parameter units.')
+flags.DEFINE_float('max_epsilon', None, 'Privacy budget: stop before a round that would '
+                   'raise epsilon above this, save the model and say so.')
+flags.DEFINE_enum('accountant', 'rdp', ['rdp', 'pld'], 'dp_accounting accountant: '
+                  'Renyi DP or privacy loss distributions (tighter).')
+flags.DEFINE_enum('dp_clipping', 'fixed', list(dp_training.CLIPPINGS), 'Client level: '
+                  'fixed clip, or adaptive (quantile-tracking; needs larger cohorts).')
+flags.DEFINE_enum('dp_schedule', 'every_round', list(dp_training.SCHEDULES), 'Record '
+                  'level, for experiments: noise every round, only the first, or every '
+                  '--dp_every rounds. Un-noised rounds make epsilon infinite.')
+flags.DEFINE_integer('dp_every', 1, 'With --dp_schedule=every_n: rounds between noised '
+                     'rounds.')
+
 FLAGS = flags.FLAGS
 
 
-_COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles'}
+_COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles',
+                    'client_weighting': 'num_examples'}
 
 
 def _flag_or_default(name: str):
@@ -124,12 +156,25 @@ def train_config(algorithm: str | None = None, seed: int | None = None) -> Train
                else SERVER_LR_DEFAULTS[algorithm])
   return TrainConfig(
       algorithm=AlgorithmConfig(name=algorithm, client_lr=_flag_or_default('client_lr'),
-                                server_lr=server_lr, fedprox_mu=FLAGS.fedprox_mu),
+                                server_lr=server_lr, fedprox_mu=FLAGS.fedprox_mu,
+                                client_weighting=_flag_or_default('client_weighting')),
       rounds=_flag_or_default('rounds'), clients_per_round=FLAGS.clients_per_round,
       local_epochs=_flag_or_default('local_epochs'),
       batch_size=_flag_or_default('batch_size'), eval_every=_flag_or_default('eval_every'),
       seed=FLAGS.seed if seed is None else seed,
-      max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls)
+      max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls,
+      privacy=privacy_config())
+
+
+def privacy_config(target_epsilon: float | None = None) -> dp_training.PrivacyConfig:
+  """The PrivacyConfig the flags describe (`target_epsilon` overrides the flag)."""
+  return dp_training.PrivacyConfig(
+      level=FLAGS.dp, noise_multiplier=FLAGS.noise_multiplier,
+      l2_norm_clip=FLAGS.l2_norm_clip,
+      target_epsilon=FLAGS.target_epsilon if target_epsilon is None else target_epsilon,
+      target_delta=FLAGS.target_delta, max_epsilon=FLAGS.max_epsilon,
+      accountant=FLAGS.accountant, clipping=FLAGS.dp_clipping, schedule=FLAGS.dp_schedule,
+      every=FLAGS.dp_every)
 
 
 def load_run_inputs(seed: int | None = None):

@@ -17,15 +17,18 @@ import tensorflow_federated as tff
 
 
 def _json_safe(value):
-  """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python numbers."""
+  """NaN -> None (an undefined metric), +-inf -> "inf"/"-inf" (e.g. an infinite
+  epsilon; JSON has neither); numpy scalars -> Python numbers."""
   if isinstance(value, dict):
     return {str(k): _json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [_json_safe(v) for v in value]
   if hasattr(value, 'item') and not isinstance(value, (str, bytes)):
     value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
+  if isinstance(value, float) and math.isnan(value):
     return None
+  if isinstance(value, float) and math.isinf(value):
+    return 'inf' if value > 0 else '-inf'
   return value
 
 

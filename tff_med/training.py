@@ -9,6 +9,7 @@ epochs of SGD at `client_lr` per round.
 """
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ from tff_med.evaluation import evaluate
 from tff_med.models.tff_model import loss as model_loss
 from tff_med.models.tff_model import tff_model_fn
 from tff_med.outputs import RunOutputs
+from tff_med.privacy.dp_training import DpTraining, PrivacyConfig
 
 KerasModelFn = Callable[[], tf.keras.Model]
 
@@ -42,6 +44,7 @@ class TrainConfig:
   eval_every: int = 10
   seed: int = 0
   max_concurrent_computation_calls: int = -1
+  privacy: PrivacyConfig = PrivacyConfig()
 
   def validate(self, num_hospitals: int) -> None:
     """Raises ValueError naming the flag at fault."""
@@ -56,6 +59,18 @@ class TrainConfig:
     if not 0 <= self.clients_per_round <= num_hospitals:
       raise ValueError(f'--clients_per_round={self.clients_per_round}: must be between 0 '
                        f'(all) and the number of hospitals, {num_hospitals}')
+    if self.privacy.level != 'none' and self.algorithm.name in BASELINES:
+      raise ValueError(f'--dp={self.privacy.level} needs a federated --algorithm, not '
+                       f'{self.algorithm.name}')
+
+  def build_dp(self, data: FederatedData, log: Callable[[str], None] = print
+               ) -> DpTraining | None:
+    """The run's DP set-up (calibrated), or None without DP. Raises ValueError
+    naming the flag at fault."""
+    if self.privacy.level == 'none':
+      return None
+    return DpTraining(self.privacy, self.algorithm, data, self.rounds,
+                      self.clients_per_round, self.batch_size, self.local_epochs, log)
 
 
 def client_dataset(data: FederatedData, hospital: str, config: TrainConfig,
@@ -81,6 +96,9 @@ class _Progress:
 
   def __init__(self, rounds: int, log: Callable[[str], None]):
     self._rounds, self._log, self._start = rounds, log, time.monotonic()
+
+  def log(self, line: str) -> None:
+    self._log(line)
 
   def elapsed(self) -> float:
     return time.monotonic() - self._start
@@ -113,29 +131,48 @@ def _is_eval_round(round_num: int, config: TrainConfig) -> bool:
   return round_num % config.eval_every == 0 or round_num == config.rounds
 
 
-def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, progress):
-  """Returns the final global Keras model and the last evaluation."""
+def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, progress, dp):
+  """Returns (final global Keras model, last evaluation, stop record or None)."""
   probe = client_dataset(data, data.hospitals[0], config, 0)
-  process = build_learning_process(
-      config.algorithm, tff_model_fn(keras_model_fn, probe.element_spec), model_aggregator)
+  model_fn = tff_model_fn(keras_model_fn, probe.element_spec)
+  if dp:
+    process, plain_process = dp.build_processes(model_fn)
+  else:
+    process = build_learning_process(config.algorithm, model_fn, model_aggregator)
   rng = np.random.default_rng(config.seed)
   global_model = keras_model_fn()
   state = process.initialize()
-  evaluation = None
+  evaluation, stopped = None, None
   for round_num in range(1, config.rounds + 1):
     round_start = time.monotonic()
     cohort = list(data.hospitals)
-    if 0 < config.clients_per_round < len(cohort):
+    if dp and dp.config.level == 'client':
+      cohort = dp.cohort(rng, cohort)
+    elif 0 < config.clients_per_round < len(cohort):
       cohort = sorted(rng.choice(cohort, config.clients_per_round, replace=False).tolist())
-    datasets = [client_dataset(data, h, config, shuffle_seed=config.seed * 100003 + round_num)
-                for h in cohort]
-    output = process.next(state, datasets)
-    state = output.state
-    train = output.metrics['client_work']['train']
-    metrics = {'train': {k: float(train[k]) for k in ('loss', 'accuracy', 'auc')},
-               'round_seconds': time.monotonic() - round_start,
-               'clients_in_round': len(cohort),
-               'aggregator': _scalar_leaves(output.metrics['aggregator'])}
+    if dp and (after := dp.would_exceed_budget(cohort, round_num)) is not None:
+      stopped = {'stopped_early': True, 'rounds_completed': round_num - 1,
+                 'reason': f'round {round_num} would raise epsilon to {after:.4g}, above '
+                           f'--max_epsilon={dp.config.max_epsilon}; stopped before it'}
+      progress.log(f"privacy budget: {stopped['reason']}")
+      break
+    metrics = {'clients_in_round': len(cohort)}
+    if cohort:
+      round_process = process if not dp or dp.is_noised(round_num) else plain_process
+      datasets = [dp.client_dataset(h) if dp and dp.config.level == 'record' else
+                  client_dataset(data, h, config, shuffle_seed=config.seed * 100003 + round_num)
+                  for h in cohort]
+      output = round_process.next(state, datasets)
+      state = output.state
+      train = output.metrics['client_work']['train']
+      metrics['train'] = {k: float(train[k]) for k in ('loss', 'accuracy', 'auc')}
+      metrics['aggregator'] = _scalar_leaves(output.metrics['aggregator'])
+    if dp:
+      dp.record_round(cohort, round_num, state,
+                      noisy_steps=output.metrics['client_work'].get('noisy_steps')
+                      if cohort else None)
+      metrics['privacy'] = dp.epsilons()
+    metrics['round_seconds'] = time.monotonic() - round_start
     evaluation = None
     if _is_eval_round(round_num, config):
       process.get_model_weights(state).assign_weights_to(global_model)
@@ -143,8 +180,11 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       metrics['eval'] = _flat_eval(evaluation)
     if outputs:
       outputs.release(metrics, round_num)
-    progress.round_done(round_num, metrics['train']['loss'], evaluation)
-  return global_model, evaluation
+    progress.round_done(round_num, metrics.get('train', {}).get('loss', math.nan), evaluation)
+  if evaluation is None:  # Stopped early: evaluate the model as it stands.
+    process.get_model_weights(state).assign_weights_to(global_model)
+    evaluation = evaluate(global_model, data)
+  return global_model, evaluation, stopped
 
 
 def _train_baseline(data, keras_model_fn, config, outputs, progress):
@@ -203,7 +243,8 @@ def _baseline_evaluation(models: dict, data: FederatedData) -> dict:
 def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         output_dir: str | None = None,
         model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
-        log: Callable[[str], None] = print, extra_summary: dict | None = None) -> dict:
+        log: Callable[[str], None] = print, extra_summary: dict | None = None,
+        dp: DpTraining | None = None) -> dict:
   """Trains, evaluates and (with `output_dir`) writes outputs; returns the summary.
 
   Args:
@@ -217,20 +258,25 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       deltas (federated algorithms only; default TFF's weighted mean).
     log: receives the per-round progress lines.
     extra_summary: merged into the summary (e.g. dataset options).
+    dp: `config.build_dp(data)` when already built (it calibrates); built here
+      otherwise.
   """
   config.validate(len(data.hospitals))
-  if model_aggregator is not None and config.algorithm.name in BASELINES:
-    raise ValueError(f'--algorithm={config.algorithm.name} trains without aggregation; '
-                     'a model_aggregator needs a federated algorithm')
+  if model_aggregator is not None and (config.algorithm.name in BASELINES
+                                       or config.privacy.level != 'none'):
+    raise ValueError('a model_aggregator needs a federated algorithm without --dp (DP '
+                     'runs choose their own aggregation)')
+  dp = dp or config.build_dp(data, log)
   outputs = RunOutputs(output_dir) if output_dir else None
   progress = _Progress(config.rounds, log)
+  stopped = None
   if config.algorithm.name in BASELINES:
     models, evaluation = _train_baseline(data, keras_model_fn, config, outputs, progress)
   else:
     with runtime.execution_context(
         max_concurrent_computation_calls=config.max_concurrent_computation_calls):
-      model, evaluation = _train_federated(
-          data, keras_model_fn, config, outputs, model_aggregator, progress)
+      model, evaluation, stopped = _train_federated(
+          data, keras_model_fn, config, outputs, model_aggregator, progress, dp)
     models = {'global': model}
   summary = {
       'algorithm': config.algorithm.name,
@@ -245,6 +291,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       'per_hospital': {h: {**evaluation['per_hospital'][h], 'num_train': data.num_train(h)}
                        for h in data.hospitals},
       **({'local_models': evaluation['local_models']} if 'local_models' in evaluation else {}),
+      **({'privacy': dp.ledger.report()} if dp else {}),
+      **(stopped or ({'stopped_early': False} if dp else {})),
       **(extra_summary or {}),
       'wall_seconds': progress.elapsed(),
   }
