@@ -90,12 +90,19 @@ class DpTraining:
         raise ValueError(f'--target_delta={self.delta}: hospital-level DP needs 0 < delta '
                          f'< 1 / number of hospitals = {1 / num_hospitals:.3g}')
       self.sampling_rates = {STUDY: self._cohort_size / num_hospitals}
+    if (config.level == 'client' and config.clipping == 'adaptive'
+        and config.accountant == 'pld' and self.sampling_rates[STUDY] < 1):
+      raise ValueError('--accountant=pld cannot account adaptive clipping with sampled '
+                       'hospitals (a Poisson-sampled composed event); use --accountant=rdp')
     self.noise_multiplier = config.noise_multiplier
     if self.noise_multiplier is None:
       self.noise_multiplier = accounting.calibrate_noise_multiplier(
           config.target_epsilon, self.delta, config.accountant, self._planned_event_fns())
       log(f'calibrated noise multiplier {self.noise_multiplier:.4f} for epsilon '
           f'{config.target_epsilon} at delta {self.delta:g} ({config.accountant})')
+    # Built now so that TFF's refusals (e.g. adaptive clipping on a small cohort)
+    # come before training.
+    self._factory = self._client_level_factory() if config.level == 'client' else None
     self.ledger = accounting.PrivacyLedger(
         config.level, config.accountant, self.delta, self.noise_multiplier,
         config.l2_norm_clip, self.sampling_rates)
@@ -159,10 +166,9 @@ class DpTraining:
     """(process for noised rounds, process for un-noised rounds or None); both
     share one state type, so a run may alternate between them."""
     if self.config.level == 'client':
-      factory = self._client_level_factory()
       kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer(self._algorithm),
                     server_optimizer_fn=server_optimizer(self._algorithm),
-                    model_aggregator=factory)
+                    model_aggregator=self._factory)
       if self._algorithm.name == 'fedprox':
         return tff.learning.algorithms.build_unweighted_fed_prox(
             proximal_strength=self._algorithm.fedprox_mu, **kwargs), None
