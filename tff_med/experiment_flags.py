@@ -9,6 +9,8 @@ tuned set-up that the README's tables report.
 import functools
 
 from absl import flags
+from absl import logging
+import tensorflow as tf
 
 from tff_med import data as data_lib
 from tff_med.algorithms import ALGORITHMS, CLIENT_WEIGHTINGS, AlgorithmConfig
@@ -30,10 +32,16 @@ DATASET_DEFAULTS = {
     'csv': dict(model='logreg', rounds=50, local_epochs=1, batch_size=16,
                 client_lr=0.05, eval_every=10),
 }
+# With --dp: DP-SGD wants large batches (signal grows with the batch, the noise
+# does not), few steps (each costs privacy) and larger steps.
+DP_DEFAULTS = {
+    'heart_disease': dict(rounds=20, batch_size=64, client_lr=0.5, l2_norm_clip=0.5),
+}
 # Server step size per algorithm: 1.0 applies FedAvg's plain average.
 SERVER_LR_DEFAULTS = {'fedavg': 1.0, 'fedprox': 1.0, 'fedadam': 0.05, 'fedyogi': 0.05,
                       'fedadagrad': 0.1, 'local': 1.0, 'pooled': 1.0}
-_DEPENDS = 'Default depends on --dataset (tff_med/experiment_flags.py DATASET_DEFAULTS).'
+_DEPENDS = ('Default depends on --dataset, and on --dp for heart_disease '
+            '(tff_med/experiment_flags.py DATASET_DEFAULTS, DP_DEFAULTS).')
 
 flags.DEFINE_enum('dataset', 'breast_cancer', data_lib.DATASETS,
                   'Which hospitals\' data: the four UCI heart-disease hospitals, '
@@ -99,9 +107,10 @@ flags.DEFINE_float('target_delta', None, 'delta of the reported (epsilon, delta)
                    'Default: record level, the largest power of ten below 1 / the '
                    'largest hospital\'s training rows (larger is an error); client '
                    'level, 1e-3.')
-flags.DEFINE_float('l2_norm_clip', 1.0, 'L2 clip of each per-example gradient '
+flags.DEFINE_float('l2_norm_clip', None, 'L2 clip of each per-example gradient '
                    '(record) or each hospital\'s model delta (client; initial clip '
-                   'if adaptive), in parameter units.')
+                   'if adaptive), in parameter units. Default 1.0 (heart_disease with '
+                   '--dp: 0.5).')
 flags.DEFINE_float('max_epsilon', None, 'Privacy budget: stop before a round that would '
                    'raise epsilon above this, save the model and say so.')
 flags.DEFINE_enum('accountant', 'rdp', ['rdp', 'pld'], 'dp_accounting accountant: '
@@ -116,15 +125,22 @@ flags.DEFINE_integer('dp_every', 1, 'With --dp_schedule=every_n: rounds between 
 
 FLAGS = flags.FLAGS
 
+# The binaries print their own progress; TF's and absl's INFO lines drown it
+# (--verbosity=0 brings them back).
+logging.set_verbosity(logging.WARNING)
+tf.get_logger().setLevel('ERROR')
+
 
 _COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles',
-                    'client_weighting': 'num_examples'}
+                    'client_weighting': 'num_examples', 'l2_norm_clip': 1.0}
 
 
 def _flag_or_default(name: str):
   value = getattr(FLAGS, name)
   if value is not None:
     return value
+  if FLAGS.dp != 'none' and name in DP_DEFAULTS.get(FLAGS.dataset, {}):
+    return DP_DEFAULTS[FLAGS.dataset][name]
   return DATASET_DEFAULTS[FLAGS.dataset].get(name, _COMMON_DEFAULTS.get(name))
 
 
@@ -149,8 +165,10 @@ def model_config() -> ModelConfig:
                      dropout=FLAGS.dropout)
 
 
-def train_config(algorithm: str | None = None, seed: int | None = None) -> TrainConfig:
-  """The TrainConfig the flags describe (`algorithm`, `seed` override the flags)."""
+def train_config(algorithm: str | None = None, seed: int | None = None,
+                 privacy: dp_training.PrivacyConfig | None = None) -> TrainConfig:
+  """The TrainConfig the flags describe (`algorithm`, `seed`, `privacy` override
+  the flags)."""
   algorithm = algorithm or FLAGS.algorithm
   server_lr = (FLAGS.server_lr if FLAGS.server_lr is not None
                else SERVER_LR_DEFAULTS[algorithm])
@@ -163,14 +181,14 @@ def train_config(algorithm: str | None = None, seed: int | None = None) -> Train
       batch_size=_flag_or_default('batch_size'), eval_every=_flag_or_default('eval_every'),
       seed=FLAGS.seed if seed is None else seed,
       max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls,
-      privacy=privacy_config())
+      privacy=privacy or privacy_config())
 
 
 def privacy_config(target_epsilon: float | None = None) -> dp_training.PrivacyConfig:
   """The PrivacyConfig the flags describe (`target_epsilon` overrides the flag)."""
   return dp_training.PrivacyConfig(
       level=FLAGS.dp, noise_multiplier=FLAGS.noise_multiplier,
-      l2_norm_clip=FLAGS.l2_norm_clip,
+      l2_norm_clip=_flag_or_default('l2_norm_clip'),
       target_epsilon=FLAGS.target_epsilon if target_epsilon is None else target_epsilon,
       target_delta=FLAGS.target_delta, max_epsilon=FLAGS.max_epsilon,
       accountant=FLAGS.accountant, clipping=FLAGS.dp_clipping, schedule=FLAGS.dp_schedule,

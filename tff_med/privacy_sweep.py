@@ -1,0 +1,120 @@
+"""Utility against privacy: train at several target epsilons over seeds, tabulate, plot.
+
+Each target epsilon is calibrated (smallest noise multiplier that meets it for
+the run's rounds and sampling); epsilon = inf trains with clipping and no noise.
+The non-private federated model and the local-only models are reference lines.
+"""
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from tff_med.outputs import write_json
+
+COLUMNS = (('pooled', 'accuracy'), ('pooled', 'auc'), ('mean_hospital', 'accuracy'),
+           ('mean_hospital', 'auc'))
+
+
+def _mean_std(values) -> dict:
+  values = np.asarray([np.nan if v is None else v for v in values], float)
+  values = values[~np.isnan(values)]
+  return {'mean': float(values.mean()) if len(values) else math.nan,
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def summarize(summaries: Sequence[dict]) -> dict:
+  """Seeds' summaries of one setting -> {'pooled/accuracy': {mean, std}, ...,
+  'epsilon': worst achieved (max over seeds), 'noise_multiplier': mean}."""
+  row = {f'{a}/{b}': _mean_std([s[a][b] for s in summaries]) for a, b in COLUMNS}
+  if 'privacy' in summaries[0]:
+    row['epsilon'] = max(s['privacy']['epsilon'] for s in summaries)
+    row['noise_multiplier'] = float(np.mean([s['privacy']['noise_multiplier']
+                                             for s in summaries]))
+  return row
+
+
+def to_markdown(rows: dict, references: dict, delta: float) -> str:
+  header = ('| target ε | noise multiplier | achieved ε (worst hospital, worst seed) | '
+            + ' | '.join(f'{a} {b}' for a, b in COLUMNS) + ' |')
+  lines = [f'δ = {delta:g}; mean ± std over seeds', '', header,
+           '|---|---|---|' + '---|' * len(COLUMNS)]
+
+  def cells(row):
+    return ' | '.join(f"{row[f'{a}/{b}']['mean']:.3f} ± {row[f'{a}/{b}']['std']:.3f}"
+                      for a, b in COLUMNS)
+
+  for target, row in rows.items():
+    lines.append(f"| {target:g} | {row['noise_multiplier']:.3f} | {row['epsilon']:.3g} | "
+                 f'{cells(row)} |')
+  for name, row in references.items():
+    lines.append(f'| {name} | – | – | {cells(row)} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: dict, references: dict, path: str, title: str) -> None:
+  """Accuracy and AUC (pooled test set, mean over hospitals) against target epsilon,
+  log scale; epsilon = inf drawn at the right edge; the references' mean over
+  hospitals as flat lines."""
+  finite = [t for t in rows if math.isfinite(t)]
+  inf_x = max(finite) * 4 if finite else 1.0
+  xs = [t if math.isfinite(t) else inf_x for t in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for ax, metric in zip(axes, ('accuracy', 'auc')):
+    for scope, style in (('pooled', 'o-'), ('mean_hospital', 's--')):
+      key = f'{scope}/{metric}'
+      ax.errorbar(xs, [r[key]['mean'] for r in rows.values()],
+                  yerr=[r[key]['std'] for r in rows.values()], fmt=style, capsize=3,
+                  label=f'DP, {scope.replace("_", " ")}')
+    for (name, row), color in zip(references.items(), ('tab:green', 'tab:red')):
+      ax.axhline(row[f'mean_hospital/{metric}']['mean'], color=color, linestyle=':',
+                 label=f'{name}, mean hospital')
+    ax.set_xscale('log')
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(xs, [f'{t:g}' if math.isfinite(t) else '∞' for t in rows])
+    ax.set_xlabel('target ε (per record, worst hospital)')
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run_privacy_sweep(run_fn: Callable[[float | None, str, int, str], dict],
+                      epsilons: Sequence[float], seeds: Sequence[int], output_dir: str,
+                      title: str) -> tuple[dict, str]:
+  """Runs every target epsilon, the non-private and the local-only baselines.
+
+  Args:
+    run_fn: (target_epsilon or None for no DP, algorithm override or '' for the
+      flags' algorithm, seed, run_dir) -> summary.
+
+  Writes privacy_sweep.{md,json,png} under output_dir; returns (rows, markdown).
+  """
+  runs = {target: [run_fn(target, '', seed, os.path.join(
+      output_dir, f'epsilon_{target:g}', f'seed{seed}')) for seed in seeds]
+          for target in epsilons}
+  rows = {target: summarize(summaries) for target, summaries in runs.items()}
+  references = {
+      'non-private': summarize([run_fn(None, '', seed, os.path.join(
+          output_dir, 'non_private', f'seed{seed}')) for seed in seeds]),
+      'local only': summarize([run_fn(None, 'local', seed, os.path.join(
+          output_dir, 'local', f'seed{seed}')) for seed in seeds]),
+  }
+  delta = runs[epsilons[0]][0]['privacy']['delta']
+  markdown = to_markdown(rows, references, delta)
+  with open(os.path.join(output_dir, 'privacy_sweep.md'), 'w') as f:
+    f.write(f'## {title}\n\n' + markdown)
+  write_json(os.path.join(output_dir, 'privacy_sweep.json'),
+             {'title': title, 'delta': delta, 'seeds': list(seeds),
+              'rows': {f'{t:g}': r for t, r in rows.items()}, 'references': references})
+  plot(rows, references, os.path.join(output_dir, 'privacy_sweep.png'), title)
+  return rows, markdown
