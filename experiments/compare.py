@@ -20,8 +20,7 @@ from tff_med import training
 from tff_med.algorithms import ALGORITHMS
 from tff_med.data import DataError
 
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds: runs use seeds 0..N-1 '
-                              '(--seed is the first).')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds: --seed, --seed+1, ...')
 _ALGORITHMS = flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Methods to compare.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the table and runs go; '
                                   'default runs/compare_DATASET.')
@@ -31,13 +30,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  seeds = [FLAGS.seed + k for k in range(_SEEDS.value)]
   try:
     unknown = set(_ALGORITHMS.value) - set(ALGORITHMS)
-    if unknown or _SEEDS.value < 1:
-      raise ValueError(f'--algorithms: unknown {sorted(unknown)}' if unknown
-                       else f'--seeds={_SEEDS.value}: must be at least 1')
-    inputs = {seed: experiment_flags.load_run_inputs(seed) for seed in seeds}
+    if unknown:
+      raise ValueError(f'--algorithms: unknown {sorted(unknown)}')
+    inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
+    seeds = list(inputs)
     for algorithm in _ALGORITHMS.value:
       experiment_flags.train_config(algorithm).validate(len(inputs[seeds[0]][0].hospitals))
   except (DataError, ValueError) as e:

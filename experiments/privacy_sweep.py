@@ -33,12 +33,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  seeds = [FLAGS.seed + k for k in range(_SEEDS.value)]
   try:
     epsilons = [float(e) for e in _EPSILONS.value]
     if FLAGS.dp == 'none':
       raise ValueError('--dp=none: choose --dp=record or --dp=client for a privacy sweep')
-    inputs = {seed: experiment_flags.load_run_inputs(seed) for seed in seeds}
+    inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
+    seeds = list(inputs)
     for target in epsilons:  # Every flag checked and every noise calibrated up front.
       config = experiment_flags.train_config(
           seed=seeds[0], privacy=experiment_flags.privacy_config(target))

@@ -195,6 +195,17 @@ def privacy_config(target_epsilon: float | None = None) -> dp_training.PrivacyCo
       every=FLAGS.dp_every)
 
 
+def load_inputs_per_seed(num_seeds: int) -> dict:
+  """{seed: load_run_inputs(seed)} for seeds --seed, --seed+1, ... (`num_seeds` of them).
+
+  Raises:
+    DataError, ValueError: as `load_run_inputs`, or num_seeds < 1 (names --seeds).
+  """
+  if num_seeds < 1:
+    raise ValueError(f'--seeds={num_seeds}: must be at least 1')
+  return {FLAGS.seed + k: load_run_inputs(FLAGS.seed + k) for k in range(num_seeds)}
+
+
 def load_run_inputs(seed: int | None = None):
   """(FederatedData, keras_model_fn, ModelConfig) the flags describe, validated.
 
