@@ -21,7 +21,7 @@ from tff_med.training import TrainConfig
 # Per dataset: the defaults behind the README's results.
 DATASET_DEFAULTS = {
     'heart_disease': dict(model='logreg', rounds=50, local_epochs=1, batch_size=4,
-                          client_lr=0.01, eval_every=10),
+                          client_lr=0.01, eval_every=10, client_weighting='uniform'),
     'breast_cancer': dict(model='logreg', rounds=20, local_epochs=1, batch_size=16,
                           client_lr=0.05, eval_every=5),
     'breastmnist': dict(model='cnn', rounds=30, local_epochs=1, batch_size=32,

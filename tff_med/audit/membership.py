@@ -1,0 +1,142 @@
+"""Membership-inference audit of a trained Keras model (one logit per record).
+
+Members are a hospital's training records, non-members its held-out test
+records. Attacks and metrics come from TensorFlow Privacy's membership-inference
+library (`run_attacks`): threshold attacks on the loss and on the modified
+prediction entropy (Song & Mittal), and logistic-regression and MLP attackers
+trained on [logits, loss] with 2-fold cross-validation. An attacker AUC near 0.5
+means members and non-members look alike to the attack.
+
+Every audit returns, per attack type (`attacks`, keyed by `AttackType.name`) and
+for the attack with the highest AUC (`best`):
+  auc: area under the attack's ROC curve (members positive).
+  advantage: max over thresholds of |TPR - FPR| (the library's definition).
+  tpr_at_fpr_1pct, tpr_at_fpr_0.1pct: TPR at FPR 1% / 0.1%, linearly interpolated
+    between ROC points. FPR is resolved only in steps of 1 / num_non_members, so
+    these are NaN unless there are at least 100 / 1000 non-members.
+  epsilon_lower_bound: the library's empirical DP epsilon lower bound,
+    `SingleAttackResult.get_epsilon_lower_bound()[0]`: for every threshold on the
+    attack's scores (both directions), the Bailey 95% one-sided lower confidence
+    bound on TPR / FPR (and TNR / FNR), logged, and the largest taken. Taking the
+    largest over all thresholds is not corrected for multiple comparisons, so it
+    is not a 95% bound over the whole audit; values <= 0 are no evidence of
+    leakage. NaN if the library returns no bound.
+"""
+
+import warnings
+
+import numpy as np
+import sklearn.exceptions
+import tensorflow as tf
+from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (
+    data_structures as mia_data)
+from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (
+    membership_inference_attack as mia)
+
+from tff_med.data.federated_data import Arrays, FederatedData
+
+AttackType = mia_data.AttackType
+DEFAULT_ATTACKS = (AttackType.THRESHOLD_ATTACK, AttackType.THRESHOLD_ENTROPY_ATTACK,
+                   AttackType.LOGISTIC_REGRESSION, AttackType.MULTI_LAYERED_PERCEPTRON)
+# Output key -> n: TPR at FPR = 1 / n, resolvable with at least n non-members.
+LOW_FPRS = {'tpr_at_fpr_1pct': 100, 'tpr_at_fpr_0.1pct': 1000}
+
+
+def binary_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Per-record loss in nats [N] from logits [N] and labels [N] in {0, 1}."""
+  return np.logaddexp(0.0, logits) - labels * logits
+
+
+def attack_inputs(model: tf.keras.Model, train_xy: Arrays,
+                  test_xy: Arrays) -> mia_data.AttackInputData:
+  """The library's input: members `train_xy`, non-members `test_xy`.
+
+  Each record's logit z becomes the 2-class logits [-z/2, z/2] (softmax: [1-p, p]
+  with p = sigmoid(z)), float64 [N, 2]; losses are binary cross-entropy [N];
+  labels int64 [N].
+  """
+  def side(xy):
+    z = model.predict(xy[0], batch_size=1024, verbose=0).reshape(-1).astype(np.float64)
+    y = np.asarray(xy[1]).reshape(-1).astype(np.int64)
+    return np.stack([-z / 2, z / 2], axis=1), binary_cross_entropy(z, y), y
+
+  (logits_train, loss_train, labels_train), (logits_test, loss_test, labels_test) = (
+      side(train_xy), side(test_xy))
+  return mia_data.AttackInputData(
+      logits_train=logits_train, logits_test=logits_test, loss_train=loss_train,
+      loss_test=loss_test, labels_train=labels_train, labels_test=labels_test)
+
+
+def _tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+  """ROC curve's TPR at FPR `target` in (0, 1), linear between its points."""
+  i = np.searchsorted(fpr, target, side='right') - 1  # last point with FPR <= target
+  return float(tpr[i] + (tpr[i + 1] - tpr[i]) * (target - fpr[i]) / (fpr[i + 1] - fpr[i]))
+
+
+def _metrics(result: mia_data.SingleAttackResult, num_non_members: int) -> dict:
+  roc = result.roc_curve
+  epsilons = result.get_epsilon_lower_bound()
+  return {
+      'auc': float(result.get_auc()),
+      'advantage': float(result.get_attacker_advantage()),
+      **{key: _tpr_at_fpr(roc.fpr, roc.tpr, 1 / n) if num_non_members >= n else float('nan')
+         for key, n in LOW_FPRS.items()},
+      'epsilon_lower_bound': float(epsilons[0]) if epsilons.size else float('nan'),
+  }
+
+
+def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
+                   attack_types=DEFAULT_ATTACKS, seed: int = 0) -> dict:
+  """Attacks `model` with members `train_xy` and non-members `test_xy`.
+
+  Returns {num_members, num_non_members, fpr_resolution (1 / num_non_members),
+  attacks: {AttackType.name: metrics}, best: {attack, **metrics} (max AUC; None if
+  no attack ran), skipped: attack names the library could not run (a trained
+  attack's nested cross-validation needs about 5 members and 5 non-members)};
+  metrics as in the module docstring. `seed` seeds numpy's global generator,
+  which the trained attackers draw on, for the call only.
+  """
+  inputs = attack_inputs(model, train_xy, test_xy)
+  state = np.random.get_state()
+  np.random.seed(seed)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', sklearn.exceptions.ConvergenceWarning)
+      # The library's Bailey bound takes sqrt of negatives at extreme thresholds
+      # and drops the resulting NaNs itself.
+      warnings.filterwarnings('ignore', category=RuntimeWarning, module='tensorflow_privacy')
+      results = mia.run_attacks(inputs, attack_types=attack_types)
+  finally:
+    np.random.set_state(state)
+  num_non_members = inputs.get_test_size()
+  attacks = {r.attack_type.name: _metrics(r, num_non_members)
+             for r in results.single_attack_results}
+  best = results.get_result_with_max_auc()
+  return {
+      'num_members': inputs.get_train_size(),
+      'num_non_members': num_non_members,
+      'fpr_resolution': 1 / num_non_members,
+      'attacks': attacks,
+      'best': None if best is None else {'attack': best.attack_type.name,
+                                         **attacks[best.attack_type.name]},
+      'skipped': [t.name for t in attack_types if t.name not in attacks],
+  }
+
+
+def audit(model: tf.keras.Model, data: FederatedData, attack_types=DEFAULT_ATTACKS,
+          seed: int = 0) -> dict:
+  """{'per_hospital': {name: audit_hospital on that hospital's records},
+  'overall': audit_hospital on all hospitals' members vs all non-members}."""
+  return {
+      'per_hospital': {h: audit_hospital(model, data.train_arrays(h), data.test[h],
+                                         attack_types, seed) for h in data.hospitals},
+      'overall': audit_hospital(model, data.pooled('train'), data.pooled('test'),
+                                attack_types, seed),
+  }
+
+
+def audit_local_model(model: tf.keras.Model, data: FederatedData, hospital: str,
+                      attack_types=DEFAULT_ATTACKS, seed: int = 0) -> dict:
+  """audit_hospital of `hospital`'s local-only model (trained on its records alone)."""
+  return audit_hospital(model, data.train_arrays(hospital), data.test[hospital],
+                        attack_types, seed)

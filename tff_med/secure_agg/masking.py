@@ -1,0 +1,375 @@
+"""Pairwise-masking secure aggregation (Bonawitz et al., CCS 2017), semi-honest variant.
+
+The server learns sum_u x_u mod 2^bits over the hospitals whose masked vectors it
+received, never a single x_u. One round, with `Hospital` and `Server` objects:
+1. each hospital advertises two X25519 public keys, c (share encryption) and s
+   (pairwise mask seeds); the server broadcasts them;
+2. each hospital Shamir-shares (t of n) its s private key and its 32-byte
+   self-mask seed b_u, sending hospital v's shares AES-GCM-encrypted under
+   HKDF-SHA256(X25519(c_u, c_v)) through the server;
+3. each sends y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)
+   mod 2^bits, s_uv = HKDF-SHA256(X25519(s_u, s_v)), ordered by hospital index;
+4. the server asks the survivors for shares of b_u of every survivor and of the
+   s key of every hospital that dropped after step 2, rebuilds those, and strips
+   the self masks and the survivor-dropped pairwise masks (survivor pairs cancel).
+
+Threat model. Protects against an honest-but-curious server that follows the
+protocol, also when it colludes with up to t - 1 hospitals; tolerates up to n - t
+dropouts (with fewer than t survivors the round aborts and releases nothing).
+Does NOT protect against: a malicious server that lies about who dropped (it could
+then get both shares of a survivor; Bonawitz's consistency-check round is not
+implemented); malicious hospitals sending garbage (it silently corrupts the sum);
+collusion of t or more parties; what the aggregate itself reveals (add
+differential privacy for that); traffic analysis. All parties run in one process
+here, so key material separation is by object, not by machine.
+
+Hand-written: the Bonawitz protocol logic (no well-kept Python library offers it);
+X25519, HKDF, AES-GCM and the ChaCha20 PRG come from `cryptography`, Shamir
+sharing from `tff_med.secure_agg.shamir`.
+"""
+
+import dataclasses
+import math
+import os
+from collections.abc import Collection, Mapping
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tff_med.secure_agg import shamir
+
+SEED_BYTES = 32  # b_u, s_uv and X25519 keys (private and public) alike.
+NONCE_BYTES = 12  # AES-GCM nonce, sent in front of each share bundle.
+_SHARE_INFO = b'tff_med secure_agg share encryption'
+_MASK_INFO = b'tff_med secure_agg pairwise mask seed'
+
+
+class SecureAggregationAborted(RuntimeError):
+  """Fewer hospitals than the threshold are left: no aggregate is released."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicKeys:
+  """A hospital's advertised X25519 public keys, 32 raw bytes each: `encryption`
+  (c, share bundles between hospitals) and `masking` (s, pairwise mask seeds)."""
+  encryption: bytes
+  masking: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Reveal:
+  """A survivor's unmasking answer, keyed by the hospital each share belongs to:
+  `seed_shares` of b_v for survivors v, `key_shares` of the s key of dropped v."""
+  seed_shares: dict[int, int]
+  key_shares: dict[int, int]
+
+  @property
+  def num_bytes(self) -> int:
+    """Bytes sent: shamir.SHARE_BYTES per share, in the order the server asked
+    (so the hospital indices are implied)."""
+    return shamir.SHARE_BYTES * (len(self.seed_shares) + len(self.key_shares))
+
+
+def _check_bits(bits: int) -> None:
+  if not 2 <= bits <= 32:
+    raise ValueError(f'bits={bits}: must be between 2 and 32')
+
+
+def _check_vector(values: np.ndarray, bits: int, what: str) -> np.ndarray:
+  """`values` as uint64, after checking: shape (d,), integers in [0, 2^bits)."""
+  values = np.asarray(values)
+  if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+    raise ValueError(f'{what}: must be a 1-D integer array, got {values.dtype} {values.shape}')
+  if values.size and (values.min() < 0 or values.max() >= 2**bits):
+    raise ValueError(f'{what}: values must lie in [0, 2^{bits})')
+  return values.astype(np.uint64)
+
+
+def _hkdf(shared_secret: bytes, info: bytes) -> bytes:
+  return HKDF(hashes.SHA256(), SEED_BYTES, salt=None, info=info).derive(shared_secret)
+
+
+def _pair_seed(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+  """s_uv: the 32-byte pairwise mask seed, the same from either side."""
+  return _hkdf(private.exchange(X25519PublicKey.from_public_bytes(peer_public)), _MASK_INFO)
+
+
+def _bundle_aad(sender: int, recipient: int) -> bytes:
+  """AES-GCM associated data: binds a share bundle to its sender and recipient."""
+  return sender.to_bytes(4, 'big') + recipient.to_bytes(4, 'big')
+
+
+def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
+  """PRG: `length` values uniform in [0, 2^bits), uint64 shape (length,): the
+  ChaCha20 key stream under the 32-byte `seed` (zero nonce), 8 bytes per value as
+  little-endian uint64 mod 2^bits (exactly uniform: 2^bits divides 2^64)."""
+  if len(seed) != SEED_BYTES:
+    raise ValueError(f'mask seed: must be {SEED_BYTES} bytes, got {len(seed)}')
+  _check_bits(bits)
+  stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor().update(
+      bytes(8 * length))
+  return np.frombuffer(stream, dtype='<u8').astype(np.uint64) & np.uint64(2**bits - 1)
+
+
+class Hospital:
+  """One hospital's side of one round (keys are fresh per object: use one per
+  round). Its secrets (private keys c and s, seed b_u, the shares it holds) leave
+  it only as the protocol sends them."""
+
+  def __init__(self, name: str, index: int, bits: int):
+    _check_bits(bits)
+    if index < 1:
+      raise ValueError(f'hospital {name!r}: index {index} must be positive')
+    self.name, self.index, self.bits = name, index, bits
+    self._c = X25519PrivateKey.generate()
+    self._s = X25519PrivateKey.generate()
+    self._b = os.urandom(SEED_BYTES)
+    self._peer_keys: dict[int, PublicKeys] = {}
+    self._threshold = 0
+    self._key_shares: dict[int, int] = {}  # hospital -> its share of that one's s key.
+    self._seed_shares: dict[int, int] = {}  # hospital -> its share of that one's b.
+    self._revealed: dict[int, str] = {}  # hospital -> 'seed' or 'key', the kind revealed.
+
+  def public_keys(self) -> PublicKeys:
+    """Step 1: what this hospital advertises."""
+    return PublicKeys(self._c.public_key().public_bytes_raw(),
+                      self._s.public_key().public_bytes_raw())
+
+  def _bundle_cipher(self, peer: int) -> AESGCM:
+    """AES-256-GCM keyed by HKDF-SHA256(X25519(c_self, c_peer))."""
+    if peer == self.index or peer not in self._peer_keys:
+      raise ValueError(f'{self.name}: no share channel with hospital {peer}')
+    peer_public = X25519PublicKey.from_public_bytes(self._peer_keys[peer].encryption)
+    return AESGCM(_hkdf(self._c.exchange(peer_public), _SHARE_INFO))
+
+  def share_keys(self, public_keys: Mapping[int, PublicKeys], threshold: int
+                 ) -> dict[int, bytes]:
+    """Step 2: Shamir-shares (`threshold` of all advertised hospitals, itself
+    included) the s private key and b; keeps its own shares and returns each other
+    hospital's as nonce (12 bytes) + AES-GCM ciphertext of the two shares
+    (2 x shamir.SHARE_BYTES) + tag (16 bytes), keyed by recipient index."""
+    if public_keys.get(self.index) != self.public_keys():
+      raise ValueError(f'{self.name}: the broadcast does not hold my keys at index {self.index}')
+    self._peer_keys = {v: keys for v, keys in public_keys.items() if v != self.index}
+    self._threshold = threshold
+    key_shares = shamir.split(int.from_bytes(self._s.private_bytes_raw(), 'big'), threshold,
+                              public_keys.keys())
+    seed_shares = shamir.split(int.from_bytes(self._b, 'big'), threshold, public_keys.keys())
+    self._key_shares[self.index] = key_shares[self.index]
+    self._seed_shares[self.index] = seed_shares[self.index]
+    bundles = {}
+    for v in self._peer_keys:
+      nonce = os.urandom(NONCE_BYTES)
+      plaintext = (key_shares[v].to_bytes(shamir.SHARE_BYTES, 'big')
+                   + seed_shares[v].to_bytes(shamir.SHARE_BYTES, 'big'))
+      bundles[v] = nonce + self._bundle_cipher(v).encrypt(nonce, plaintext,
+                                                          _bundle_aad(self.index, v))
+    return bundles
+
+  def receive_shares(self, bundles: Mapping[int, bytes]) -> None:
+    """Step 2, relayed: decrypts and keeps the shares from each sender index;
+    raises cryptography's InvalidTag on a bundle altered or meant for another."""
+    for sender, bundle in bundles.items():
+      plaintext = self._bundle_cipher(sender).decrypt(
+          bundle[:NONCE_BYTES], bundle[NONCE_BYTES:], _bundle_aad(sender, self.index))
+      self._key_shares[sender] = int.from_bytes(plaintext[:shamir.SHARE_BYTES], 'big')
+      self._seed_shares[sender] = int.from_bytes(plaintext[shamir.SHARE_BYTES:], 'big')
+
+  def mask(self, quantized: np.ndarray) -> np.ndarray:
+    """Step 3: y_u, uint64 shape (d,) in [0, 2^bits), from `quantized` (shape (d,),
+    integers in [0, 2^bits)); pairwise masks with every hospital it got shares from."""
+    x = _check_vector(quantized, self.bits, f'{self.name} update')
+    y = x + expand_mask(self._b, len(x), self.bits)
+    for v in self._seed_shares.keys() - {self.index}:
+      pair_mask = expand_mask(_pair_seed(self._s, self._peer_keys[v].masking), len(x),
+                              self.bits)
+      y = y + pair_mask if self.index < v else y - pair_mask  # uint64 wraps mod 2^64.
+    return y & np.uint64(2**self.bits - 1)
+
+  def reveal(self, survivors: Collection[int], dropped: Collection[int]) -> Reveal:
+    """Step 4: shares of b_v for `survivors`, of the s key for `dropped`. Raises
+    ValueError, revealing nothing, if a hospital is in both, if this one is called
+    dropped, or if any hospital's other kind of share was revealed before (both
+    kinds together would unmask it); SecureAggregationAborted below the threshold."""
+    survivors, dropped = set(survivors), set(dropped)
+    if self.index not in survivors:
+      raise ValueError(f'{self.name} refuses: the server lists it as dropped or absent')
+    if survivors & dropped:
+      raise ValueError(f'{self.name} refuses: hospitals {sorted(survivors & dropped)} are '
+                       'listed both as survivors and as dropped')
+    unknown = (survivors | dropped) - self._seed_shares.keys()
+    if unknown:
+      raise ValueError(f'{self.name} refuses: it holds no shares of hospitals {sorted(unknown)}')
+    if len(survivors) < self._threshold:
+      raise SecureAggregationAborted(f'{len(survivors)} survivors, below the threshold '
+                                     f'{self._threshold}')
+    kinds = dict.fromkeys(survivors, 'seed') | dict.fromkeys(dropped, 'key')
+    both = sorted(v for v, kind in kinds.items() if self._revealed.get(v, kind) != kind)
+    if both:
+      raise ValueError(f'{self.name} refuses: it already revealed the other kind of share of '
+                       f'hospitals {both}; both kinds would unmask them')
+    self._revealed |= kinds
+    return Reveal({v: self._seed_shares[v] for v in survivors},
+                  {v: self._key_shares[v] for v in dropped})
+
+
+class Server:
+  """The aggregator. Holds only public material, keyed by hospital index:
+  `public_keys`, the encrypted `bundles` it relays (sender -> recipient ->
+  ciphertext; it cannot read them), the `masked` vectors and the `reveals`."""
+
+  def __init__(self, bits: int, threshold: int):
+    _check_bits(bits)
+    if threshold < 2:
+      raise ValueError(f'threshold {threshold}: must be at least 2 (one share would be the secret)')
+    self.bits, self.threshold = bits, threshold
+    self.public_keys: dict[int, PublicKeys] = {}
+    self.bundles: dict[int, dict[int, bytes]] = {}
+    self.masked: dict[int, np.ndarray] = {}
+    self.reveals: dict[int, Reveal] = {}
+
+  def _require(self, count: int, step: str) -> None:
+    if count < self.threshold:
+      raise SecureAggregationAborted(
+          f'only {count} hospitals {step}, below the threshold of {self.threshold}: the round '
+          'is aborted and no aggregate is released')
+
+  def collect_keys(self, public_keys: Mapping[int, PublicKeys]) -> dict[int, PublicKeys]:
+    """Step 1: stores the advertised keys; returns them for broadcast to all."""
+    self._require(len(public_keys), 'advertised keys')
+    self.public_keys = dict(public_keys)
+    return dict(self.public_keys)
+
+  def relay_shares(self, bundles: Mapping[int, Mapping[int, bytes]]
+                   ) -> dict[int, dict[int, bytes]]:
+    """Step 2: sender -> recipient -> ciphertext in, recipient -> sender ->
+    ciphertext out, among the hospitals that sent shares."""
+    self._require(len(bundles), 'sent key shares')
+    self.bundles = {u: dict(out) for u, out in bundles.items()}
+    return {v: {u: out[v] for u, out in self.bundles.items() if u != v} for v in self.bundles}
+
+  def collect_masked(self, masked: Mapping[int, np.ndarray]
+                     ) -> tuple[frozenset[int], frozenset[int]]:
+    """Step 3: stores the masked vectors (shape (d,), values in [0, 2^bits)) and
+    returns the unmasking request (survivors, dropped): dropped hospitals sent
+    shares but no vector. Aborts below the threshold."""
+    strangers = masked.keys() - self.bundles.keys()
+    if strangers:
+      raise ValueError(f'masked vectors from hospitals {sorted(strangers)} that sent no shares')
+    self._require(len(masked), 'sent masked vectors')
+    self.masked = {u: _check_vector(y, self.bits, f'masked vector of hospital {u}')
+                   for u, y in masked.items()}
+    if len({len(y) for y in self.masked.values()}) != 1:
+      raise ValueError('masked vectors differ in length')
+    return frozenset(self.masked), frozenset(self.bundles.keys() - self.masked.keys())
+
+  def _reconstruct(self, owner: int, kind: str) -> bytes:
+    """`owner`'s 32-byte secret ('seed_shares': b, 'key_shares': s key) from all reveals."""
+    secret = shamir.reconstruct({v: getattr(r, kind)[owner] for v, r in self.reveals.items()})
+    if secret >= 2**(8 * SEED_BYTES):
+      raise ValueError(f'inconsistent shares of hospital {owner}: no 32-byte secret')
+    return secret.to_bytes(SEED_BYTES, 'big')
+
+  def unmask(self, reveals: Mapping[int, Reveal]) -> np.ndarray:
+    """Step 4: sum over survivors of x_u mod 2^bits, uint64 shape (d,), from the
+    survivors' `reveals`; aborts if fewer than the threshold answered."""
+    survivors, dropped = set(self.masked), self.bundles.keys() - self.masked.keys()
+    if not reveals.keys() <= survivors:
+      raise ValueError(f'reveals from non-survivors {sorted(reveals.keys() - survivors)}')
+    self._require(len(reveals), 'revealed shares')
+    self.reveals = dict(reveals)
+    length = len(next(iter(self.masked.values())))
+    total = np.sum(list(self.masked.values()), axis=0, dtype=np.uint64)
+    for u in survivors:
+      total -= expand_mask(self._reconstruct(u, 'seed_shares'), length, self.bits)
+    for u in dropped:
+      s_key = X25519PrivateKey.from_private_bytes(self._reconstruct(u, 'key_shares'))
+      for v in survivors:  # v added PRG(s_vu) if v < u, subtracted it if v > u.
+        pair_mask = expand_mask(_pair_seed(s_key, self.public_keys[v].masking), length,
+                                self.bits)
+        total = total - pair_mask if v < u else total + pair_mask
+    return total & np.uint64(2**self.bits - 1)
+
+
+def secure_sum(quantized: Mapping[str, np.ndarray], bits: int, threshold: int,
+               dropouts: Collection[str] = ()) -> tuple[np.ndarray, dict]:
+  """One round among the hospitals named by `quantized` (index = position + 1;
+  updates shape (d,), integers in [0, 2^bits)). The `dropouts` leave after step 2:
+  their masked vectors never reach the server.
+
+  Returns (sum of the survivors' updates mod 2^bits, uint64 shape (d,), stats):
+  `bytes_per_client` (name -> bytes sent: 2 x 32 public-key bytes + its share
+  bundles, (n - 1) x 160, and for survivors the masked vector, `masked_bytes`
+  = d x ceil(bits / 8), plus the reveal, n x shamir.SHARE_BYTES), `masked_bytes`,
+  `survivors` and `dropped` (names, input order), `masked` (name -> the vector the
+  server received). Raises SecureAggregationAborted below the threshold.
+  """
+  unknown = set(dropouts) - quantized.keys()
+  if unknown:
+    raise ValueError(f'dropouts {sorted(unknown)} are not among the hospitals')
+  hospitals = {i: Hospital(name, i, bits) for i, name in enumerate(quantized, start=1)}
+  server = Server(bits, threshold)
+  broadcast = server.collect_keys({i: h.public_keys() for i, h in hospitals.items()})
+  bundles = {i: h.share_keys(broadcast, threshold) for i, h in hospitals.items()}
+  for i, inbox in server.relay_shares(bundles).items():
+    hospitals[i].receive_shares(inbox)
+  survivors, dropped = server.collect_masked(
+      {i: h.mask(quantized[h.name]) for i, h in hospitals.items() if h.name not in dropouts})
+  reveals = {i: hospitals[i].reveal(survivors, dropped) for i in sorted(survivors)}
+  total = server.unmask(reveals)
+
+  masked_bytes = len(total) * math.ceil(bits / 8)
+  sent = {h.name: 2 * SEED_BYTES + sum(map(len, bundles[i].values()))
+          for i, h in hospitals.items()}
+  for i in survivors:
+    sent[hospitals[i].name] += masked_bytes + reveals[i].num_bytes
+  return total, {'bytes_per_client': sent, 'masked_bytes': masked_bytes,
+                 'survivors': tuple(hospitals[i].name for i in sorted(survivors)),
+                 'dropped': tuple(hospitals[i].name for i in sorted(dropped)),
+                 'masked': {hospitals[i].name: y for i, y in server.masked.items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+  """Affine map of [-clip, clip] onto the integers 0..levels, levels =
+  (2^bits - 1) // num_clients, so a sum of up to `num_clients` quantised values
+  is at most 2^bits - 1 and never wraps modulo 2^bits. Resolution: 2 clip /
+  levels float units per step; rounding costs at most half a step per value."""
+  bits: int
+  clip: float
+  num_clients: int
+
+  def __post_init__(self):
+    _check_bits(self.bits)
+    if not self.clip > 0:
+      raise ValueError(f'clip={self.clip}: must be positive')
+    if not 1 <= self.num_clients <= 2**self.bits - 1:
+      raise ValueError(f'num_clients={self.num_clients}: must be between 1 and 2^bits - 1')
+
+  @property
+  def levels(self) -> int:
+    return (2**self.bits - 1) // self.num_clients
+
+  @property
+  def resolution(self) -> float:
+    return 2 * self.clip / self.levels
+
+  def quantize(self, values: np.ndarray) -> np.ndarray:
+    """uint64, same shape as the finite float `values`, in [0, levels]: each value
+    clipped to [-clip, clip] and rounded to the nearest grid point."""
+    values = np.asarray(values, np.float64)
+    if not np.all(np.isfinite(values)):
+      raise ValueError('cannot quantise non-finite values')
+    unit = (np.clip(values, -self.clip, self.clip) + self.clip) / (2 * self.clip)
+    return np.rint(unit * self.levels).astype(np.uint64)
+
+  def dequantize_sum(self, total: np.ndarray, count: int) -> np.ndarray:
+    """float64, same shape as `total`: the affine map inverted for a sum of
+    `count` quantised vectors, within count x resolution / 2 of the clipped sum."""
+    if not 1 <= count <= self.num_clients:
+      raise ValueError(f'count={count}: must be between 1 and num_clients={self.num_clients}')
+    return np.asarray(total).astype(np.float64) * self.resolution - count * self.clip
