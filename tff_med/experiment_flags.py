@@ -15,6 +15,7 @@ import tensorflow as tf
 from tff_med import data as data_lib
 from tff_med.algorithms import ALGORITHMS, CLIENT_WEIGHTINGS, AlgorithmConfig
 from tff_med.privacy import dp_training
+from tff_med.secure_agg import config as secure_agg_config
 from tff_med.models import MODELS, ModelConfig, build_keras_model
 from tff_med.training import TrainConfig
 
@@ -122,6 +123,18 @@ flags.DEFINE_enum('dp_schedule', 'every_round', list(dp_training.SCHEDULES), 'Re
                   '--dp_every rounds. Un-noised rounds make epsilon infinite.')
 flags.DEFINE_integer('dp_every', 1, 'With --dp_schedule=every_n: rounds between noised '
                      'rounds.')
+flags.DEFINE_enum('secure_agg', 'none', list(secure_agg_config.MODES), 'How hospital '
+                  'updates reach the server: none (in the clear); tff (TFF secure-sum '
+                  'processes: quantised, simulated as a plain sum; with --dp=client TFF\'s '
+                  'distributed-DP aggregator); masking (pairwise-masking protocol: the '
+                  'server only sees masked vectors).')
+flags.DEFINE_integer('secagg_bits', 16, 'Bit width b of the secure modular sum (2-32).')
+flags.DEFINE_float('secagg_clip', 1.0, 'Each update value is clipped to [-clip, clip] '
+                   'before quantisation (parameter units).')
+flags.DEFINE_integer('secagg_threshold', 0, 'Masking: Shamir threshold t; rounds with '
+                     'fewer survivors abort. 0 = ceil(2n/3) of the cohort.')
+flags.DEFINE_integer('simulate_dropouts', 0, 'Masking: hospitals that drop out after '
+                     'masking in every round.')
 
 FLAGS = flags.FLAGS
 
@@ -181,7 +194,10 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
       batch_size=_flag_or_default('batch_size'), eval_every=_flag_or_default('eval_every'),
       seed=FLAGS.seed if seed is None else seed,
       max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls,
-      privacy=privacy or privacy_config())
+      privacy=privacy or privacy_config(),
+      secure_agg=secure_agg_config.SecureAggConfig(
+          mode=FLAGS.secure_agg, bits=FLAGS.secagg_bits, clip=FLAGS.secagg_clip,
+          threshold=FLAGS.secagg_threshold, dropouts=FLAGS.simulate_dropouts))
 
 
 def privacy_config(target_epsilon: float | None = None) -> dp_training.PrivacyConfig:

@@ -13,18 +13,23 @@ import math
 import time
 from collections.abc import Callable
 
+import dp_accounting
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_med import runtime
-from tff_med.algorithms import ALGORITHMS, BASELINES, AlgorithmConfig, build_learning_process
+from tff_med.algorithms import (ALGORITHMS, BASELINES, AlgorithmConfig, build_learning_process,
+                                client_optimizer, server_optimizer)
 from tff_med.data.federated_data import FederatedData
 from tff_med.evaluation import evaluate
 from tff_med.models.tff_model import loss as model_loss
 from tff_med.models.tff_model import tff_model_fn
 from tff_med.outputs import RunOutputs
 from tff_med.privacy.dp_training import DpTraining, PrivacyConfig
+from tff_med.secure_agg.config import SecureAggConfig, ddp_factory
+from tff_med.secure_agg.masked_process import MaskedLearningProcess
+from tff_med.secure_agg.tff_secure_sum import QuantizedSecureSumFactory
 
 KerasModelFn = Callable[[], tf.keras.Model]
 
@@ -45,6 +50,7 @@ class TrainConfig:
   seed: int = 0
   max_concurrent_computation_calls: int = -1
   privacy: PrivacyConfig = PrivacyConfig()
+  secure_agg: SecureAggConfig = SecureAggConfig()
 
   def validate(self, num_hospitals: int) -> None:
     """Raises ValueError naming the flag at fault."""
@@ -62,6 +68,15 @@ class TrainConfig:
     if self.privacy.level != 'none' and self.algorithm.name in BASELINES:
       raise ValueError(f'--dp={self.privacy.level} needs a federated --algorithm, not '
                        f'{self.algorithm.name}')
+    if self.secure_agg.mode != 'none':
+      if self.algorithm.name in BASELINES:
+        raise ValueError(f'--secure_agg={self.secure_agg.mode} needs a federated '
+                         f'--algorithm, not {self.algorithm.name}')
+      if self.secure_agg.mode == 'masking' and self.algorithm.name == 'fedprox':
+        raise ValueError('--secure_agg=masking trains with plain local SGD: use '
+                         '--algorithm=fedavg, fedadam, fedyogi or fedadagrad')
+      self.secure_agg.validate(self.clients_per_round or num_hospitals,
+                               self.algorithm.client_weighting)
 
   def build_dp(self, data: FederatedData, log: Callable[[str], None] = print
                ) -> DpTraining | None:
@@ -69,8 +84,12 @@ class TrainConfig:
     naming the flag at fault."""
     if self.privacy.level == 'none':
       return None
-    return DpTraining(self.privacy, self.algorithm, data, self.rounds,
-                      self.clients_per_round, self.batch_size, self.local_epochs, log)
+    dp = DpTraining(self.privacy, self.algorithm, data, self.rounds,
+                    self.clients_per_round, self.batch_size, self.local_epochs, log)
+    if self.secure_agg.mode == 'tff' and self.privacy.level == 'client':
+      ddp_factory(dp.noise_multiplier, self.clients_per_round or len(data.hospitals),
+                  self.secure_agg.bits)  # Fails now if TFF refuses the cohort.
+    return dp
 
 
 def client_dataset(data: FederatedData, hospital: str, config: TrainConfig,
@@ -131,16 +150,62 @@ def _is_eval_round(round_num: int, config: TrainConfig) -> bool:
   return round_num % config.eval_every == 0 or round_num == config.rounds
 
 
+def _build_processes(config, model_fn, dp, model_aggregator, num_hospitals):
+  """(process for noised or ordinary rounds, process for un-noised rounds or None)."""
+  secure = config.secure_agg
+  # Quantise for the largest possible cohort, so that no sum can wrap.
+  quantizer = secure.quantizer(num_hospitals) if secure.mode != 'none' else None
+  if secure.mode == 'masking':
+    def masked(client_work, clip=None, noise_stddev=0.0):
+      return MaskedLearningProcess(model_fn, client_work, server_optimizer(config.algorithm),
+                                   quantizer, secure.threshold, clip, noise_stddev)
+    if dp and dp.config.level == 'record':
+      return (masked(dp.client_work(model_fn)),
+              None if dp.config.schedule == 'every_round'
+              else masked(dp.client_work(model_fn, noised=False)))
+    plain_work = tff.learning.templates.build_model_delta_client_work(
+        model_fn, client_optimizer(config.algorithm), tff.learning.ClientWeighting.UNIFORM)
+    if dp:  # Hospital level: distributed Gaussian noise, added before masking.
+      clip = dp.config.l2_norm_clip
+      return masked(plain_work, clip, dp.noise_multiplier * clip), None
+    return masked(plain_work), None
+  if secure.mode == 'tff':
+    if dp and dp.config.level == 'client':
+      return dp.build_processes(model_fn, client_factory=ddp_factory(
+          dp.noise_multiplier, config.clients_per_round or num_hospitals, secure.bits))
+    model_aggregator = tff.aggregators.MeanFactory(
+        value_sum_factory=QuantizedSecureSumFactory(quantizer))
+  if dp:
+    return dp.build_processes(model_fn, model_aggregator)
+  return build_learning_process(config.algorithm, model_fn, model_aggregator), None
+
+
+def _aggregation_event(config, dp, process, output, cohort):
+  """Hospital-level DP event of a secure-aggregation round (None: TFF's own)."""
+  if not dp or dp.config.level != 'client' or config.secure_agg.mode == 'none':
+    return None
+  if config.secure_agg.mode == 'tff':
+    # TFF's distributed discrete Gaussian, accounted as the continuous Gaussian
+    # of the same noise multiplier (the approximation of Kairouz et al., 2021).
+    return dp_accounting.GaussianDpEvent(dp.noise_multiplier)
+  aggregator = output.metrics['aggregator']
+  if aggregator['aborted']:
+    return dp_accounting.NoOpDpEvent()  # Nothing was released.
+  return dp_accounting.GaussianDpEvent(process.round_noise_multiplier(
+      aggregator['survivors'], len(cohort), dp.config.l2_norm_clip))
+
+
 def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, progress, dp):
-  """Returns (final global Keras model, last evaluation, stop record or None)."""
+  """Returns (final global Keras model, last evaluation, stop record or None,
+  secure aggregation record or None)."""
   probe = client_dataset(data, data.hospitals[0], config, 0)
   model_fn = tff_model_fn(keras_model_fn, probe.element_spec)
-  if dp:
-    process, plain_process = dp.build_processes(model_fn)
-  else:
-    process = build_learning_process(config.algorithm, model_fn, model_aggregator)
+  process, plain_process = _build_processes(config, model_fn, dp, model_aggregator,
+                                            len(data.hospitals))
   rng = np.random.default_rng(config.seed)
   global_model = keras_model_fn()
+  wire_bytes = config.secure_agg.bytes_per_client(global_model.count_params())
+  secure_record = {'bytes_per_client': [], 'aborted_rounds': 0, 'dropouts': 0}
   state = process.initialize()
   evaluation, stopped = None, None
   for round_num in range(1, config.rounds + 1):
@@ -162,7 +227,22 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       datasets = [dp.client_dataset(h) if dp and dp.config.level == 'record' else
                   client_dataset(data, h, config, shuffle_seed=config.seed * 100003 + round_num)
                   for h in cohort]
-      output = round_process.next(state, datasets)
+      if isinstance(round_process, MaskedLearningProcess):
+        dropouts = rng.choice(cohort, min(config.secure_agg.dropouts, len(cohort)),
+                              replace=False).tolist()
+        output = round_process.next(state, datasets, cohort, dropouts)
+        aggregator = output.metrics['aggregator']
+        secure_record['aborted_rounds'] += aggregator['aborted']
+        secure_record['dropouts'] += len(dropouts)
+        if aggregator['aborted']:
+          progress.log(f"round {round_num}: secure aggregation aborted, model unchanged: "
+                       f"{aggregator.pop('reason')}")
+        else:
+          secure_record['bytes_per_client'].append(aggregator['bytes_per_client'])
+      else:
+        output = round_process.next(state, datasets)
+        output.metrics['aggregator']['bytes_per_client'] = wire_bytes
+        secure_record['bytes_per_client'].append(wire_bytes)
       state = output.state
       train = output.metrics['client_work']['train']
       metrics['train'] = {k: float(train[k]) for k in ('loss', 'accuracy', 'auc')}
@@ -170,7 +250,9 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
     if dp:
       dp.record_round(cohort, round_num, state,
                       noisy_steps=output.metrics['client_work'].get('noisy_steps')
-                      if cohort else None)
+                      if cohort else None,
+                      aggregation_event=_aggregation_event(config, dp, round_process, output,
+                                                           cohort) if cohort else None)
       metrics['privacy'] = dp.epsilons()
     metrics['round_seconds'] = time.monotonic() - round_start
     evaluation = None
@@ -184,7 +266,7 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
   if evaluation is None:  # Stopped early: evaluate the model as it stands.
     process.get_model_weights(state).assign_weights_to(global_model)
     evaluation = evaluate(global_model, data)
-  return global_model, evaluation, stopped
+  return global_model, evaluation, stopped, secure_record
 
 
 def _train_baseline(data, keras_model_fn, config, outputs, progress):
@@ -240,6 +322,15 @@ def _baseline_evaluation(models: dict, data: FederatedData) -> dict:
   }
 
 
+def _secure_summary(secure: SecureAggConfig, record: dict) -> dict:
+  sent = record['bytes_per_client']
+  return {'mode': secure.mode,
+          **({'bits': secure.bits, 'clip': secure.clip} if secure.mode != 'none' else {}),
+          **({'threshold': secure.threshold or 'ceil(2n/3)', 'dropouts': record['dropouts'],
+              'aborted_rounds': record['aborted_rounds']} if secure.mode == 'masking' else {}),
+          'bytes_per_client': float(np.mean(sent)) if sent else math.nan}
+
+
 def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         output_dir: str | None = None,
         model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
@@ -269,13 +360,14 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
   dp = dp or config.build_dp(data, log)
   outputs = RunOutputs(output_dir) if output_dir else None
   progress = _Progress(config.rounds, log)
-  stopped = None
+  stopped, secure_record = None, None
   if config.algorithm.name in BASELINES:
     models, evaluation = _train_baseline(data, keras_model_fn, config, outputs, progress)
   else:
     with runtime.execution_context(
+        secure_sums=config.secure_agg.mode == 'tff',
         max_concurrent_computation_calls=config.max_concurrent_computation_calls):
-      model, evaluation, stopped = _train_federated(
+      model, evaluation, stopped, secure_record = _train_federated(
           data, keras_model_fn, config, outputs, model_aggregator, progress, dp)
     models = {'global': model}
   summary = {
@@ -293,6 +385,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       **({'local_models': evaluation['local_models']} if 'local_models' in evaluation else {}),
       **({'privacy': dp.ledger.report()} if dp else {}),
       **(stopped or ({'stopped_early': False} if dp else {})),
+      **({'secure_aggregation': _secure_summary(config.secure_agg, secure_record)}
+         if secure_record else {}),
       **(extra_summary or {}),
       'wall_seconds': progress.elapsed(),
   }

@@ -5,7 +5,9 @@ records. Attacks and metrics come from TensorFlow Privacy's membership-inference
 library (`run_attacks`): threshold attacks on the loss and on the modified
 prediction entropy (Song & Mittal), and logistic-regression and MLP attackers
 trained on [logits, loss] with 2-fold cross-validation. An attacker AUC near 0.5
-means members and non-members look alike to the attack.
+means members and non-members look alike to the attack. With one logit per
+record the modified entropy is -2 (1 - p_y) log p_y, a monotone function of the
+loss, so the two threshold attacks rank records alike and report equal numbers.
 
 Every audit returns, per attack type (`attacks`, keyed by `AttackType.name`) and
 for the attack with the highest AUC (`best`):
@@ -20,7 +22,9 @@ for the attack with the highest AUC (`best`):
     bound on TPR / FPR (and TNR / FNR), logged, and the largest taken. Taking the
     largest over all thresholds is not corrected for multiple comparisons, so it
     is not a 95% bound over the whole audit; values <= 0 are no evidence of
-    leakage. NaN if the library returns no bound.
+    leakage. The record counts cap it however much a model leaks (about 2.4
+    with 30 members and 30 non-members, 3.6 with 100 and 100). NaN if the
+    library returns no bound.
 """
 
 import warnings

@@ -162,28 +162,39 @@ class DpTraining:
     return True
 
   # Processes.
-  def build_processes(self, model_fn) -> tuple:
+  def client_work(self, model_fn, noised: bool = True):
+    """Record level: the DP-SGD client work (un-noised and unclipped if not `noised`)."""
+    noise_multiplier, clip = ((self.noise_multiplier, self.config.l2_norm_clip) if noised
+                              else (0.0, 1e30))
+    return dp_sgd.build_dp_sgd_client_work(
+        model_fn, model_loss, self._algorithm.client_lr, clip, noise_multiplier,
+        self._batch_size, self._local_epochs, client_weighting(self._algorithm))
+
+  def build_processes(self, model_fn, model_aggregator=None, client_factory=None) -> tuple:
     """(process for noised rounds, process for un-noised rounds or None); both
-    share one state type, so a run may alternate between them."""
+    share one state type, so a run may alternate between them.
+
+    Args:
+      model_aggregator: record level: weighted factory for the DP-SGD updates
+        (e.g. a secure sum); default TFF's weighted mean.
+      client_factory: client level: replaces DifferentiallyPrivateFactory (e.g.
+        TFF's distributed-DP secure aggregator); the caller accounts its events.
+    """
     if self.config.level == 'client':
       kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer(self._algorithm),
                     server_optimizer_fn=server_optimizer(self._algorithm),
-                    model_aggregator=self._factory)
+                    model_aggregator=client_factory or self._factory)
       if self._algorithm.name == 'fedprox':
         return tff.learning.algorithms.build_unweighted_fed_prox(
             proximal_strength=self._algorithm.fedprox_mu, **kwargs), None
       return tff.learning.algorithms.build_unweighted_fed_avg(**kwargs), None
 
-    def build(noise_multiplier, clip):
-      client_work = dp_sgd.build_dp_sgd_client_work(
-          model_fn, model_loss, self._algorithm.client_lr, clip, noise_multiplier,
-          self._batch_size, self._local_epochs, client_weighting(self._algorithm))
+    def build(noised):
       return dp_sgd.build_dp_sgd_learning_process(
-          model_fn, client_work, server_optimizer(self._algorithm))
+          model_fn, self.client_work(model_fn, noised), server_optimizer(self._algorithm),
+          model_aggregator)
 
-    noised = build(self.noise_multiplier, self.config.l2_norm_clip)
-    plain = None if self.config.schedule == 'every_round' else build(0.0, 1e30)
-    return noised, plain
+    return build(True), None if self.config.schedule == 'every_round' else build(False)
 
   def _client_level_factory(self):
     factory_cls = tff.aggregators.DifferentiallyPrivateFactory
@@ -237,12 +248,15 @@ class DpTraining:
     return after if after > self.config.max_epsilon else None
 
   def record_round(self, cohort: Sequence[str], round_num: int, state=None,
-                   noisy_steps: int | None = None) -> None:
-    """Records the round that ran. Record level: checks the client work's own
-    count of noisy steps against the accounted ones."""
+                   noisy_steps: int | None = None,
+                   aggregation_event: dp_accounting.DpEvent | None = None) -> None:
+    """Records the round that ran. Client level: the aggregation's DP event is
+    `aggregation_event` if given, else read from TFF's DP aggregator `state`.
+    Record level: checks the client work's own count of noisy steps against the
+    accounted ones."""
     if self.config.level == 'client':
-      event = None
-      if cohort:
+      event = aggregation_event
+      if cohort and event is None:
         event = tff_dp.extract_dp_event_from_state(state.aggregator)
       for unit, events in self.round_events(cohort, round_num, event).items():
         self.ledger.record(unit, events[0])

@@ -31,7 +31,7 @@ sharing from `tff_med.secure_agg.shamir`.
 import dataclasses
 import math
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -295,81 +295,72 @@ class Server:
     return total & np.uint64(2**self.bits - 1)
 
 
+class MaskingRound:
+  """One protocol round among the hospitals `names` (index = position + 1), split
+  where the masked vectors are made, so that the hospitals' own computation (a
+  TFF client computation in `masked_process.py`) can add each hospital's mask to
+  its quantised update: steps 1-2 in the constructor, `masks` gives each hospital
+  its total mask (step 3 with x_u = 0), `finish` is steps 3-4 at the server.
+  """
+
+  def __init__(self, names: Sequence[str], bits: int, threshold: int):
+    self.bits = bits
+    self._hospitals = {i: Hospital(name, i, bits) for i, name in enumerate(names, start=1)}
+    self._index = {h.name: i for i, h in self._hospitals.items()}
+    self.server = Server(bits, threshold)
+    broadcast = self.server.collect_keys(
+        {i: h.public_keys() for i, h in self._hospitals.items()})
+    self._bundles = {i: h.share_keys(broadcast, threshold) for i, h in self._hospitals.items()}
+    for i, inbox in self.server.relay_shares(self._bundles).items():
+      self._hospitals[i].receive_shares(inbox)
+
+  def masks(self, length: int) -> dict[str, np.ndarray]:
+    """name -> that hospital's mask, uint64 shape (length,): y_u - x_u mod 2^bits."""
+    zeros = np.zeros(length, np.uint64)
+    return {h.name: h.mask(zeros) for h in self._hospitals.values()}
+
+  def finish(self, masked: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    """The server gets the masked vectors of the hospitals in `masked` (the
+    others dropped after masking), asks the survivors to reveal, and unmasks.
+
+    Returns (sum of the survivors' x_u mod 2^bits, uint64 shape (d,), stats):
+    `bytes_per_client` (name -> bytes sent: 2 x 32 public-key bytes + its share
+    bundles, (n - 1) x 160, and for survivors the masked vector, `masked_bytes`
+    = d x ceil(bits / 8), plus the reveal, n x shamir.SHARE_BYTES), `masked_bytes`,
+    `survivors` and `dropped` (names, index order), `masked` (name -> the vector
+    the server received). Raises SecureAggregationAborted below the threshold.
+    """
+    unknown = masked.keys() - self._index.keys()
+    if unknown:
+      raise ValueError(f'masked vectors from {sorted(unknown)}, not in this round')
+    survivors, dropped = self.server.collect_masked(
+        {self._index[name]: y for name, y in masked.items()})
+    reveals = {i: self._hospitals[i].reveal(survivors, dropped) for i in sorted(survivors)}
+    total = self.server.unmask(reveals)
+    masked_bytes = len(total) * math.ceil(self.bits / 8)
+    sent = {h.name: 2 * SEED_BYTES + sum(map(len, self._bundles[i].values()))
+            for i, h in self._hospitals.items()}
+    for i in survivors:
+      sent[self._hospitals[i].name] += masked_bytes + reveals[i].num_bytes
+    name = lambda i: self._hospitals[i].name
+    return total, {'bytes_per_client': sent, 'masked_bytes': masked_bytes,
+                   'survivors': tuple(name(i) for i in sorted(survivors)),
+                   'dropped': tuple(name(i) for i in sorted(dropped)),
+                   'masked': {name(i): y for i, y in self.server.masked.items()}}
+
+
 def secure_sum(quantized: Mapping[str, np.ndarray], bits: int, threshold: int,
                dropouts: Collection[str] = ()) -> tuple[np.ndarray, dict]:
-  """One round among the hospitals named by `quantized` (index = position + 1;
-  updates shape (d,), integers in [0, 2^bits)). The `dropouts` leave after step 2:
-  their masked vectors never reach the server.
-
-  Returns (sum of the survivors' updates mod 2^bits, uint64 shape (d,), stats):
-  `bytes_per_client` (name -> bytes sent: 2 x 32 public-key bytes + its share
-  bundles, (n - 1) x 160, and for survivors the masked vector, `masked_bytes`
-  = d x ceil(bits / 8), plus the reveal, n x shamir.SHARE_BYTES), `masked_bytes`,
-  `survivors` and `dropped` (names, input order), `masked` (name -> the vector the
-  server received). Raises SecureAggregationAborted below the threshold.
-  """
+  """One round among the hospitals named by `quantized` (updates shape (d,),
+  integers in [0, 2^bits)); the `dropouts` leave after masking, so their masked
+  vectors never reach the server. Returns `MaskingRound.finish`'s (sum, stats)."""
   unknown = set(dropouts) - quantized.keys()
   if unknown:
     raise ValueError(f'dropouts {sorted(unknown)} are not among the hospitals')
-  hospitals = {i: Hospital(name, i, bits) for i, name in enumerate(quantized, start=1)}
-  server = Server(bits, threshold)
-  broadcast = server.collect_keys({i: h.public_keys() for i, h in hospitals.items()})
-  bundles = {i: h.share_keys(broadcast, threshold) for i, h in hospitals.items()}
-  for i, inbox in server.relay_shares(bundles).items():
-    hospitals[i].receive_shares(inbox)
-  survivors, dropped = server.collect_masked(
-      {i: h.mask(quantized[h.name]) for i, h in hospitals.items() if h.name not in dropouts})
-  reveals = {i: hospitals[i].reveal(survivors, dropped) for i in sorted(survivors)}
-  total = server.unmask(reveals)
-
-  masked_bytes = len(total) * math.ceil(bits / 8)
-  sent = {h.name: 2 * SEED_BYTES + sum(map(len, bundles[i].values()))
-          for i, h in hospitals.items()}
-  for i in survivors:
-    sent[hospitals[i].name] += masked_bytes + reveals[i].num_bytes
-  return total, {'bytes_per_client': sent, 'masked_bytes': masked_bytes,
-                 'survivors': tuple(hospitals[i].name for i in sorted(survivors)),
-                 'dropped': tuple(hospitals[i].name for i in sorted(dropped)),
-                 'masked': {hospitals[i].name: y for i, y in server.masked.items()}}
-
-
-@dataclasses.dataclass(frozen=True)
-class Quantizer:
-  """Affine map of [-clip, clip] onto the integers 0..levels, levels =
-  (2^bits - 1) // num_clients, so a sum of up to `num_clients` quantised values
-  is at most 2^bits - 1 and never wraps modulo 2^bits. Resolution: 2 clip /
-  levels float units per step; rounding costs at most half a step per value."""
-  bits: int
-  clip: float
-  num_clients: int
-
-  def __post_init__(self):
-    _check_bits(self.bits)
-    if not self.clip > 0:
-      raise ValueError(f'clip={self.clip}: must be positive')
-    if not 1 <= self.num_clients <= 2**self.bits - 1:
-      raise ValueError(f'num_clients={self.num_clients}: must be between 1 and 2^bits - 1')
-
-  @property
-  def levels(self) -> int:
-    return (2**self.bits - 1) // self.num_clients
-
-  @property
-  def resolution(self) -> float:
-    return 2 * self.clip / self.levels
-
-  def quantize(self, values: np.ndarray) -> np.ndarray:
-    """uint64, same shape as the finite float `values`, in [0, levels]: each value
-    clipped to [-clip, clip] and rounded to the nearest grid point."""
-    values = np.asarray(values, np.float64)
-    if not np.all(np.isfinite(values)):
-      raise ValueError('cannot quantise non-finite values')
-    unit = (np.clip(values, -self.clip, self.clip) + self.clip) / (2 * self.clip)
-    return np.rint(unit * self.levels).astype(np.uint64)
-
-  def dequantize_sum(self, total: np.ndarray, count: int) -> np.ndarray:
-    """float64, same shape as `total`: the affine map inverted for a sum of
-    `count` quantised vectors, within count x resolution / 2 of the clipped sum."""
-    if not 1 <= count <= self.num_clients:
-      raise ValueError(f'count={count}: must be between 1 and num_clients={self.num_clients}')
-    return np.asarray(total).astype(np.float64) * self.resolution - count * self.clip
+  round_ = MaskingRound(list(quantized), bits, threshold)
+  length = len(next(iter(quantized.values())))
+  masks = round_.masks(length)
+  modulus = np.uint64(2**bits - 1)
+  return round_.finish({
+      name: (_check_vector(x, bits, f'{name} update') + masks[name]) & modulus
+      for name, x in quantized.items() if name not in dropouts})

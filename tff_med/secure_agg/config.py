@@ -1,0 +1,85 @@
+"""`--secure_agg` modes and the aggregation each one plugs into training.
+
+- `none`: TFF's plain weighted mean (float32 updates in the clear to the server).
+- `tff`: `QuantizedSecureSumFactory` inside `tff.aggregators.MeanFactory`; with
+  `--dp=client`, TFF's distributed-DP aggregator `tff.learning.ddp_secure_aggregator`.
+  Runs under TFF's test context, which lowers secure sums to plain sums.
+- `masking`: `MaskedLearningProcess`, the pairwise-masking protocol.
+
+Secure aggregation sums unweighted updates, so it needs `--client_weighting=uniform`.
+"""
+
+import dataclasses
+import math
+
+import tensorflow_federated as tff
+
+from tff_med.secure_agg.tff_secure_sum import Quantizer
+
+MODES = ('none', 'tff', 'masking')
+FLOAT_BYTES = 4  # A plain update value on the wire: float32.
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureAggConfig:
+  """`mode`: one of MODES. `bits`: bit width b of the modular sum. `clip`: each
+  update value is clipped to [-clip, clip] before quantisation (parameter units).
+  `threshold`: masking's Shamir threshold t (0: ceil(2n / 3) of the cohort n).
+  `dropouts`: hospitals that drop after masking in each round (masking only)."""
+  mode: str = 'none'
+  bits: int = 16
+  clip: float = 1.0
+  threshold: int = 0
+  dropouts: int = 0
+
+  def validate(self, cohort_size: int, client_weighting: str) -> None:
+    """Raises ValueError naming the flag at fault."""
+    if self.mode not in MODES:
+      raise ValueError(f'--secure_agg={self.mode!r}: choose one of {MODES}')
+    if self.mode == 'none':
+      return
+    self.quantizer(cohort_size)  # Checks --secagg_bits and --secagg_clip.
+    if client_weighting != 'uniform':
+      raise ValueError(f'--secure_agg={self.mode} sums unweighted updates: use '
+                       '--client_weighting=uniform')
+    if self.mode == 'masking':
+      t = self.threshold_for(cohort_size)
+      if not 2 <= t <= cohort_size:
+        raise ValueError(f'--secagg_threshold={t}: must be between 2 and the cohort size, '
+                         f'{cohort_size}')
+      if not 0 <= self.dropouts < cohort_size:
+        raise ValueError(f'--simulate_dropouts={self.dropouts}: must be between 0 and '
+                         f'{cohort_size - 1}')
+    elif self.dropouts or self.threshold:
+      raise ValueError('--simulate_dropouts and --secagg_threshold apply to '
+                       '--secure_agg=masking')
+
+  def quantizer(self, cohort_size: int) -> Quantizer:
+    return Quantizer(self.bits, self.clip, cohort_size)
+
+  def threshold_for(self, cohort_size: int) -> int:
+    return self.threshold or math.ceil(2 * cohort_size / 3)
+
+  def bytes_per_client(self, num_params: int) -> float:
+    """Bytes of one hospital's update on the wire (masking adds its key exchange,
+    measured per round by the protocol)."""
+    if self.mode == 'none':
+      return FLOAT_BYTES * num_params
+    return math.ceil(self.bits / 8) * num_params
+
+
+def ddp_factory(noise_multiplier: float, expected_clients: int, bits: int
+                ) -> tff.aggregators.UnweightedAggregationFactory:
+  """TFF's distributed-DP secure aggregator (`--secure_agg=tff --dp=client`),
+  at most 22 bits (TFF's limit). Raises ValueError with the way out where TFF
+  refuses the cohort (its adaptive clipping needs many hospitals per round)."""
+  try:
+    return tff.learning.ddp_secure_aggregator(noise_multiplier, expected_clients,
+                                              bits=min(bits, 22), zeroing=False)
+  except ValueError as e:
+    raise ValueError(
+        f'--secure_agg=tff with --dp=client uses TFF\'s distributed-DP aggregator, whose '
+        f'adaptive clipping refuses {expected_clients} hospitals per round at noise '
+        f'multiplier {noise_multiplier:.3g} (TFF: "{e}"). Use --secure_agg=masking, which '
+        'adds each hospital\'s share of the Gaussian noise before masking, or more '
+        'hospitals per round.') from e
