@@ -37,20 +37,20 @@ def main(argv):
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
     seeds = list(inputs)
     for algorithm in _ALGORITHMS.value:
-      experiment_flags.train_config(algorithm).validate(len(inputs[seeds[0]][0].hospitals))
+      experiment_flags.train_config(algorithm).validate(len(inputs[seeds[0]].data.hospitals))
   except (DataError, ValueError) as e:
     sys.exit(f'error: {e}')
   output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'compare_{FLAGS.dataset}')
   os.makedirs(output_dir, exist_ok=True)
 
   def run_fn(algorithm, seed, run_dir):
-    data, keras_model_fn, model_config = inputs[seed]
+    run_inputs = inputs[seed]
     print(f'== {algorithm}, seed {seed}', flush=True)
-    return training.run(data, keras_model_fn, experiment_flags.train_config(algorithm, seed),
-                        output_dir=run_dir, extra_summary={'model': model_config.name},
-                        log=lambda line: None)
+    return training.run(run_inputs.data, run_inputs.keras_model_fn,
+                        experiment_flags.train_config(algorithm, seed), output_dir=run_dir,
+                        extra_summary=run_inputs.summary_fields(), log=lambda line: None)
 
-  data = inputs[seeds[0]][0]
+  data = inputs[seeds[0]].data
   _, markdown = compare.run_comparison(
       run_fn, _ALGORITHMS.value, seeds, output_dir, data.hospitals,
       title=f'{FLAGS.dataset}: {data.description}')

@@ -42,21 +42,22 @@ def main(argv):
     for target in epsilons:  # Every flag checked and every noise calibrated up front.
       config = experiment_flags.train_config(
           seed=seeds[0], privacy=experiment_flags.privacy_config(target))
-      config.validate(len(inputs[seeds[0]][0].hospitals))
-      config.build_dp(inputs[seeds[0]][0], log=lambda line: None)
+      config.validate(len(inputs[seeds[0]].data.hospitals))
+      config.build_dp(inputs[seeds[0]].data, log=lambda line: None)
   except (DataError, ValueError) as e:
     sys.exit(f'error: {e}')
   output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_sweep_{FLAGS.dataset}')
   os.makedirs(output_dir, exist_ok=True)
 
   def run_fn(target, algorithm, seed, run_dir):
-    data, keras_model_fn, _ = inputs[seed]
+    run_inputs = inputs[seed]
     privacy = (experiment_flags.privacy_config(target) if target is not None
                else dp_training.PrivacyConfig())
     config = experiment_flags.train_config(algorithm or None, seed, privacy)
     print(f'== epsilon {target if target is not None else "-"} '
           f'{algorithm or FLAGS.algorithm}, seed {seed}', flush=True)
-    return training.run(data, keras_model_fn, config, output_dir=run_dir,
+    return training.run(run_inputs.data, run_inputs.keras_model_fn, config,
+                        output_dir=run_dir, extra_summary=run_inputs.summary_fields(),
                         log=lambda line: None)
 
   _, markdown = privacy_sweep.run_privacy_sweep(

@@ -17,10 +17,13 @@ from absl import flags
 
 from tff_med import experiment_flags
 from tff_med import training
+from tff_med.audit import run_audit
 from tff_med.data import DataError
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where outputs go; default '
                                   'runs/DATASET/ALGORITHM/seedSEED.')
+_AUDIT = flags.DEFINE_bool('audit', False, 'After training, run the membership-inference '
+                           'audit of experiments.audit on the run (audit.json).')
 FLAGS = flags.FLAGS
 
 
@@ -28,18 +31,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    data, keras_model_fn, model_config = experiment_flags.load_run_inputs()
+    inputs = experiment_flags.load_run_inputs()
+    data = inputs.data
     config = experiment_flags.train_config()
     config.validate(len(data.hospitals))
     dp = config.build_dp(data, log=print)
+    if _AUDIT.value and FLAGS.algorithm == 'local':
+      raise ValueError('--audit attacks a global model: --algorithm=local has none')
   except (DataError, ValueError) as e:
     sys.exit(f'error: {e}')
   output_dir = _OUTPUT_DIR.value or os.path.join(
       'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
   print(f'{FLAGS.algorithm} on {data.name}: {len(data.hospitals)} hospitals '
         f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
-  summary = training.run(data, keras_model_fn, config, output_dir=output_dir,
-                         extra_summary={'model': model_config.name},
+  summary = training.run(data, inputs.keras_model_fn, config, output_dir=output_dir,
+                         extra_summary=inputs.summary_fields(),
                          log=lambda line: print(line, flush=True), dp=dp)
   print(f"pooled test: accuracy {summary['pooled']['accuracy']:.3f} "
         f"auc {summary['pooled']['auc']:.3f}; mean over hospitals: accuracy "
@@ -48,6 +54,8 @@ def main(argv):
     print(f"privacy: {summary['privacy']['statement']}")
   if summary.get('stopped_early'):
     print(f"stopped early: {summary['reason']}")
+  if _AUDIT.value:
+    print(run_audit.format_result(run_audit.audit_run(output_dir, FLAGS.data_dir)))
   print(f'outputs in {output_dir}; TensorBoard: tensorboard --logdir {output_dir}/tensorboard')
 
 

@@ -6,6 +6,7 @@ A flag left unset takes its default from `DATASET_DEFAULTS[--dataset]` (and, for
 tuned set-up that the README's tables report.
 """
 
+import dataclasses
 import functools
 
 from absl import flags
@@ -222,16 +223,31 @@ def load_inputs_per_seed(num_seeds: int) -> dict:
   return {FLAGS.seed + k: load_run_inputs(FLAGS.seed + k) for k in range(num_seeds)}
 
 
-def load_run_inputs(seed: int | None = None):
-  """(FederatedData, keras_model_fn, ModelConfig) the flags describe, validated.
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+  """One seed's data and model, and what summary.json records of them (so that a
+  finished run can be reloaded, e.g. by experiments.audit)."""
+  data: data_lib.FederatedData
+  keras_model_fn: functools.partial
+  model_config: ModelConfig
+  data_config: data_lib.DataConfig
+
+  def summary_fields(self) -> dict:
+    return {'model': self.model_config.name,
+            'model_config': dataclasses.asdict(self.model_config),
+            'data_config': dataclasses.asdict(self.data_config)}
+
+
+def load_run_inputs(seed: int | None = None) -> RunInputs:
+  """The data and model the flags describe, validated.
 
   Raises:
     DataError, ValueError: bad data or flags, naming the culprit; raised before
       any training.
   """
-  data = data_lib.load(data_config(seed))
-  config = model_config()
-  seed = FLAGS.seed if seed is None else seed
-  keras_model_fn = functools.partial(build_keras_model, config, data.feature_shape, seed)
+  config = data_config(seed)
+  data = data_lib.load(config)
+  model = model_config()
+  keras_model_fn = functools.partial(build_keras_model, model, data.feature_shape, config.seed)
   keras_model_fn()  # Fails now, not mid-run, if the model does not fit the data.
-  return data, keras_model_fn, config
+  return RunInputs(data, keras_model_fn, model, config)
