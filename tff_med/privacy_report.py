@@ -1,0 +1,161 @@
+"""What did privacy buy, and what did it cost: one report over privacy settings.
+
+Every setting (non-private, DP at several target epsilons, the secure
+aggregation variants) is trained on the same data and seeds and audited with
+membership-inference attacks. The report puts utility (accuracy, AUC), the
+accountant's epsilon, the attacker's AUC and TPR at 1% FPR (overall and per
+hospital) and the bytes each hospital sends side by side, as markdown, HTML and
+PNG plots.
+"""
+
+import dataclasses
+import html
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from tff_med.outputs import write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One column of the report: `target_epsilon` None = no DP; `secure_agg` a mode."""
+  name: str
+  target_epsilon: float | None = None
+  secure_agg: str = 'none'
+
+
+def _stat(values) -> dict:
+  values = np.asarray([np.nan if v is None else v for v in values], float)
+  values = values[~np.isnan(values)]
+  return {'mean': float(values.mean()) if len(values) else math.nan,
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def summarize(runs: Sequence[tuple[dict, dict]]) -> dict:
+  """[(summary, audit result)] over seeds -> one report row (mean/std over seeds)."""
+  overall = [a['global_model']['overall']['best'] or {} for _, a in runs]
+  hospitals = runs[0][1]['global_model']['per_hospital']
+  privacy = [s.get('privacy') for s, _ in runs]
+  return {
+      'pooled_accuracy': _stat([s['pooled']['accuracy'] for s, _ in runs]),
+      'pooled_auc': _stat([s['pooled']['auc'] for s, _ in runs]),
+      'mean_hospital_accuracy': _stat([s['mean_hospital']['accuracy'] for s, _ in runs]),
+      'epsilon': max(p['epsilon'] for p in privacy) if privacy[0] else math.inf,
+      'attack_auc': _stat([b.get('auc') for b in overall]),
+      'attack_tpr_at_1pct_fpr': _stat([b.get('tpr_at_fpr_1pct') for b in overall]),
+      'epsilon_lower_bound': _stat([b.get('epsilon_lower_bound') for b in overall]),
+      'attack_auc_per_hospital': {
+          h: _stat([(a['global_model']['per_hospital'][h]['best'] or {}).get('auc')
+                    for _, a in runs]) for h in hospitals},
+      'local_model_attack_auc': _stat([(a.get('local_model', {}).get('best') or {}).get('auc')
+                                       for _, a in runs]),
+      'bytes_per_client': float(np.mean([s['secure_aggregation']['bytes_per_client']
+                                         for s, _ in runs])),
+  }
+
+
+def _cell(stat: dict) -> str:
+  return 'n/a' if math.isnan(stat['mean']) else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _table(rows: dict) -> tuple[list[str], list[list[str]]]:
+  hospitals = list(next(iter(rows.values()))['attack_auc_per_hospital'])
+  header = (['setting', 'accountant ε', 'pooled accuracy', 'pooled AUC',
+             'mean hospital accuracy', 'attack AUC (overall)', 'TPR @ 1% FPR',
+             'empirical ε lower bound', 'bytes / hospital / round']
+            + [f'attack AUC {h}' for h in hospitals] + ['attack AUC, local-only model'])
+  body = []
+  for name, row in rows.items():
+    body.append([name, f"{row['epsilon']:.3g}"] + [_cell(row[k]) for k in (
+        'pooled_accuracy', 'pooled_auc', 'mean_hospital_accuracy', 'attack_auc',
+        'attack_tpr_at_1pct_fpr', 'epsilon_lower_bound')]
+                + [f"{row['bytes_per_client']:.0f}"]
+                + [_cell(row['attack_auc_per_hospital'][h]) for h in hospitals]
+                + [_cell(row['local_model_attack_auc'])])
+  return header, body
+
+
+def plot(rows: dict, settings: Sequence[Setting], path: str, title: str) -> None:
+  """Utility, attack AUC (overall and per hospital) and TPR at 1% FPR against the
+  target epsilon (log scale; no DP drawn at the right edge as ∞)."""
+  finite = [s.target_epsilon for s in settings if s.target_epsilon is not None]
+  right = max(finite) * 4 if finite else 1.0
+  x_of = lambda s: s.target_epsilon if s.target_epsilon is not None else right
+  dp = sorted((s for s in settings if s.secure_agg == 'none'), key=x_of)
+  xs = [x_of(s) for s in dp]
+  series = [rows[s.name] for s in dp]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  panels = (('utility', [('pooled accuracy', 'pooled_accuracy'), ('pooled AUC', 'pooled_auc'),
+                         ('mean hospital accuracy', 'mean_hospital_accuracy')]),
+            ('membership attack AUC', [('overall', 'attack_auc')] + [
+                (h, ('attack_auc_per_hospital', h)) for h in series[0]['attack_auc_per_hospital']]),
+            ('attack TPR at 1% FPR (overall)', [('overall', 'attack_tpr_at_1pct_fpr')]))
+  for ax, (ylabel, lines) in zip(axes, panels):
+    for label, key in lines:
+      stats = [r[key[0]][key[1]] if isinstance(key, tuple) else r[key] for r in series]
+      ax.errorbar(xs, [s['mean'] for s in stats], yerr=[s['std'] for s in stats],
+                  fmt='o-', capsize=3, label=label)
+    for s in settings:
+      if s.secure_agg != 'none' and ylabel == 'utility':
+        ax.plot([right], [rows[s.name]['pooled_accuracy']['mean']], 'k^')
+    if ylabel == 'membership attack AUC':
+      ax.axhline(0.5, color='grey', linestyle=':', label='chance')
+    ax.set_xscale('log')
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(xs, [f'{x:g}' if x != right else '∞' for x in xs])
+    ax.set_xlabel('target ε')
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title + ' (▲: secure aggregation variants, no DP)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(rows: dict, settings: Sequence[Setting], output_dir: str, title: str,
+                 notes: str) -> str:
+  """Writes privacy_report.{md,html,json,png}; returns the markdown."""
+  plot(rows, settings, os.path.join(output_dir, 'privacy_report.png'), title)
+  header, body = _table(rows)
+  markdown = '\n'.join(
+      [f'# {title}', '', notes, '', '| ' + ' | '.join(header) + ' |',
+       '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in body]
+      + ['', '![privacy report](privacy_report.png)', ''])
+  with open(os.path.join(output_dir, 'privacy_report.md'), 'w') as f:
+    f.write(markdown)
+  cells = lambda row, tag: ''.join(f'<{tag}>{html.escape(c)}</{tag}>' for c in row)
+  with open(os.path.join(output_dir, 'privacy_report.html'), 'w') as f:
+    f.write(f'<!doctype html><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>'
+            '<table border="1" cellpadding="4"><tr>' + cells(header, 'th') + '</tr>'
+            + ''.join(f'<tr>{cells(r, "td")}</tr>' for r in body)
+            + '</table><p><img src="privacy_report.png" width="100%"></p>')
+  write_json(os.path.join(output_dir, 'privacy_report.json'),
+             {'title': title, 'notes': notes, 'rows': rows,
+              'settings': [dataclasses.asdict(s) for s in settings]})
+  return markdown
+
+
+def run_privacy_report(run_fn: Callable[[Setting, int, str], tuple[dict, dict]],
+                       settings: Sequence[Setting], seeds: Sequence[int], output_dir: str,
+                       title: str, notes: str) -> str:
+  """Trains and audits every setting at every seed; writes the report.
+
+  Args:
+    run_fn: (setting, seed, run_dir) -> (summary, audit result).
+  """
+  rows = {}
+  for setting in settings:
+    rows[setting.name] = summarize([
+        run_fn(setting, seed, os.path.join(output_dir, setting.name.replace(' ', '_'),
+                                           f'seed{seed}')) for seed in seeds])
+  return write_report(rows, settings, output_dir, title, notes)
