@@ -2,7 +2,8 @@
 
 - `logreg`: logistic regression (FLamby's Fed-Heart-Disease baseline).
 - `mlp`: dense layers for clinical tables.
-- `cnn`: two conv blocks for 28x28x1 medical images (MedMNIST).
+- `cnn`: three conv blocks (32, 64, 128 filters) and global average pooling for
+  28x28x1 medical images (MedMNIST); 93k parameters.
 """
 
 import dataclasses
@@ -35,17 +36,19 @@ def build_keras_model(config: ModelConfig, feature_shape: Sequence[int],
   if config.name == 'cnn':
     if tuple(feature_shape)[-1:] != (1,) or len(feature_shape) != 3:
       raise ValueError(f'--model=cnn needs images of shape (H, W, 1), got {tuple(feature_shape)}')
-    for k, filters in enumerate((32, 64)):
+    for k, filters in enumerate((32, 64, 128)):
       x = tf.keras.layers.Conv2D(filters, 3, activation='relu', padding='same',
                                  kernel_initializer=init(k))(x)
       x = tf.keras.layers.MaxPool2D()(x)
-    x = tf.keras.layers.Flatten()(x)
-    hidden = (128,)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    if config.dropout:
+      x = tf.keras.layers.Dropout(config.dropout, seed=seed)(x)
+    hidden = ()
   else:
     if len(feature_shape) != 1:
       x = tf.keras.layers.Flatten()(x)
     hidden = tuple(config.hidden_units) if config.name == 'mlp' else ()
-  for k, units in enumerate(hidden, start=2):
+  for k, units in enumerate(hidden, start=3):
     x = tf.keras.layers.Dense(units, activation='relu', kernel_initializer=init(k))(x)
     if config.dropout:
       x = tf.keras.layers.Dropout(config.dropout, seed=seed)(x)
