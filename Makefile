@@ -28,6 +28,9 @@ setup-gpu: setup
 demo: setup
 	$(PY) -m experiments.compare --dataset=breast_cancer --num_hospitals=3 \
 	  --partition=profiles --seeds=1 --output_dir=runs/demo
+	$(PY) -m experiments.train --dataset=breast_cancer --num_hospitals=3 \
+	  --partition=profiles --dp=record --target_epsilon=1 --batch_size=64 --client_lr=0.5 \
+	  --output_dir=runs/demo/dp_record_epsilon1
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -16,6 +16,16 @@ from tff_med.outputs import write_json
 METRICS = ('accuracy', 'auc')
 
 
+def mean_std(values) -> dict:
+  """{'mean', 'std' (sample, 0 for one value), 'n'} of `values`, leaving out
+  None and NaN (e.g. AUC on a one-class test set)."""
+  values = np.asarray([np.nan if v is None else v for v in values], float)
+  values = values[~np.isnan(values)]
+  return {'mean': float(values.mean()) if len(values) else math.nan,
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+          'n': int(len(values))}
+
+
 def method_rows(summary: dict) -> dict[str, dict[str, dict[str, float]]]:
   """One run's summary.json -> {row name: {column: {metric: value}}}.
 
@@ -45,19 +55,9 @@ def aggregate(summaries: Sequence[dict]) -> dict:
         for metric, value in metrics.items():
           values.setdefault(name, {}).setdefault(column, {}).setdefault(metric, []).append(
               value)
-  table = {}
-  for name, columns in values.items():
-    table[name] = {}
-    for column, metrics in columns.items():
-      table[name][column] = {}
-      for metric, vs in metrics.items():
-        vs = np.asarray([np.nan if v is None else v for v in vs], float)
-        vs = vs[np.isfinite(vs)]
-        table[name][column][metric] = {
-            'mean': float(vs.mean()) if len(vs) else math.nan,
-            'std': float(vs.std(ddof=1)) if len(vs) > 1 else 0.0,
-            'n': int(len(vs))}
-  return table
+  return {name: {column: {metric: mean_std(vs) for metric, vs in metrics.items()}
+                 for column, metrics in columns.items()}
+          for name, columns in values.items()}
 
 
 def to_markdown(table: dict, hospitals: Sequence[str], title: str = '') -> str:

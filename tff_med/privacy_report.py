@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from tff_med.compare import mean_std
 from tff_med.outputs import write_json
 
 
@@ -32,30 +33,23 @@ class Setting:
   secure_agg: str = 'none'
 
 
-def _stat(values) -> dict:
-  values = np.asarray([np.nan if v is None else v for v in values], float)
-  values = values[~np.isnan(values)]
-  return {'mean': float(values.mean()) if len(values) else math.nan,
-          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-
-
 def summarize(runs: Sequence[tuple[dict, dict]]) -> dict:
   """[(summary, audit result)] over seeds -> one report row (mean/std over seeds)."""
   overall = [a['global_model']['overall']['best'] or {} for _, a in runs]
   hospitals = runs[0][1]['global_model']['per_hospital']
   privacy = [s.get('privacy') for s, _ in runs]
   return {
-      'pooled_accuracy': _stat([s['pooled']['accuracy'] for s, _ in runs]),
-      'pooled_auc': _stat([s['pooled']['auc'] for s, _ in runs]),
-      'mean_hospital_accuracy': _stat([s['mean_hospital']['accuracy'] for s, _ in runs]),
+      'pooled_accuracy': mean_std([s['pooled']['accuracy'] for s, _ in runs]),
+      'pooled_auc': mean_std([s['pooled']['auc'] for s, _ in runs]),
+      'mean_hospital_accuracy': mean_std([s['mean_hospital']['accuracy'] for s, _ in runs]),
       'epsilon': max(p['epsilon'] for p in privacy) if privacy[0] else math.inf,
-      'attack_auc': _stat([b.get('auc') for b in overall]),
-      'attack_tpr_at_1pct_fpr': _stat([b.get('tpr_at_fpr_1pct') for b in overall]),
-      'epsilon_lower_bound': _stat([b.get('epsilon_lower_bound') for b in overall]),
+      'attack_auc': mean_std([b.get('auc') for b in overall]),
+      'attack_tpr_at_1pct_fpr': mean_std([b.get('tpr_at_fpr_1pct') for b in overall]),
+      'epsilon_lower_bound': mean_std([b.get('epsilon_lower_bound') for b in overall]),
       'attack_auc_per_hospital': {
-          h: _stat([(a['global_model']['per_hospital'][h]['best'] or {}).get('auc')
+          h: mean_std([(a['global_model']['per_hospital'][h]['best'] or {}).get('auc')
                     for _, a in runs]) for h in hospitals},
-      'local_model_attack_auc': _stat([(a.get('local_model', {}).get('best') or {}).get('auc')
+      'local_model_attack_auc': mean_std([(a.get('local_model', {}).get('best') or {}).get('auc')
                                        for _, a in runs]),
       'bytes_per_client': float(np.mean([s['secure_aggregation']['bytes_per_client']
                                          for s, _ in runs])),

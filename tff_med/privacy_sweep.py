@@ -16,23 +16,17 @@ import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from tff_med.compare import mean_std
 from tff_med.outputs import write_json
 
 COLUMNS = (('pooled', 'accuracy'), ('pooled', 'auc'), ('mean_hospital', 'accuracy'),
            ('mean_hospital', 'auc'))
 
 
-def _mean_std(values) -> dict:
-  values = np.asarray([np.nan if v is None else v for v in values], float)
-  values = values[~np.isnan(values)]
-  return {'mean': float(values.mean()) if len(values) else math.nan,
-          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-
-
 def summarize(summaries: Sequence[dict]) -> dict:
   """Seeds' summaries of one setting -> {'pooled/accuracy': {mean, std}, ...,
   'epsilon': worst achieved (max over seeds), 'noise_multiplier': mean}."""
-  row = {f'{a}/{b}': _mean_std([s[a][b] for s in summaries]) for a, b in COLUMNS}
+  row = {f'{a}/{b}': mean_std([s[a][b] for s in summaries]) for a, b in COLUMNS}
   if 'privacy' in summaries[0]:
     row['epsilon'] = max(s['privacy']['epsilon'] for s in summaries)
     row['noise_multiplier'] = float(np.mean([s['privacy']['noise_multiplier']
