@@ -26,7 +26,7 @@ DATASET_DEFAULTS = {
                           client_lr=0.01, eval_every=10, client_weighting='uniform'),
     'breast_cancer': dict(model='logreg', rounds=20, local_epochs=1, batch_size=16,
                           client_lr=0.05, eval_every=5),
-    'breastmnist': dict(model='cnn', rounds=30, local_epochs=1, batch_size=32,
+    'breastmnist': dict(model='cnn', rounds=30, local_epochs=3, batch_size=32,
                         client_lr=0.05, eval_every=5),
     'pneumoniamnist': dict(model='cnn', rounds=50, local_epochs=2, batch_size=32,
                            client_lr=0.1, eval_every=5, num_hospitals=10,

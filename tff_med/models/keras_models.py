@@ -36,6 +36,7 @@ def build_keras_model(config: ModelConfig, feature_shape: Sequence[int],
   if config.name == 'cnn':
     if tuple(feature_shape)[-1:] != (1,) or len(feature_shape) != 3:
       raise ValueError(f'--model=cnn needs images of shape (H, W, 1), got {tuple(feature_shape)}')
+    x = tf.keras.layers.Rescaling(4.0, offset=-2.0)(x)  # Pixels [0, 1] -> [-2, 2].
     for k, filters in enumerate((32, 64, 128)):
       x = tf.keras.layers.Conv2D(filters, 3, activation='relu', padding='same',
                                  kernel_initializer=init(k))(x)
