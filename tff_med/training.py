@@ -38,9 +38,12 @@ KerasModelFn = Callable[[], tf.keras.Model]
 class TrainConfig:
   """`rounds`: federated rounds (baselines: the same number of epoch blocks);
   `clients_per_round`: hospitals sampled uniformly without replacement each
-  round, 0 = all; `local_epochs`: passes over a hospital's records per round;
-  `batch_size`: records per SGD step; `eval_every`: rounds between test-set
-  evaluations (the last round is always evaluated)."""
+  round (with --dp=client: each joins with probability clients_per_round / n),
+  0 = all; `local_epochs`: passes over a hospital's records per round;
+  `batch_size`: records per SGD step (DP-SGD: expected records per step);
+  `eval_every`: rounds between test-set evaluations (the last round is always
+  evaluated); `privacy`: differential privacy (`tff_med.privacy`); `secure_agg`:
+  how updates reach the server (`tff_med.secure_agg`)."""
   algorithm: AlgorithmConfig = AlgorithmConfig()
   rounds: int = 50
   clients_per_round: int = 0
