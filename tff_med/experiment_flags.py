@@ -24,7 +24,7 @@ from tff_med.training import TrainConfig
 DATASET_DEFAULTS = {
     'heart_disease': dict(model='logreg', rounds=50, local_epochs=1, batch_size=4,
                           client_lr=0.01, eval_every=10, client_weighting='uniform'),
-    'breast_cancer': dict(model='logreg', rounds=20, local_epochs=1, batch_size=16,
+    'breast_cancer': dict(model='logreg', rounds=10, local_epochs=1, batch_size=16,
                           client_lr=0.05, eval_every=5),
     'breastmnist': dict(model='cnn', rounds=30, local_epochs=3, batch_size=32,
                         client_lr=0.05, eval_every=5),
