@@ -116,3 +116,29 @@ def test_bad_csv_row_exits_before_training(tmp_path):
   assert result.returncode != 0
   assert 'south' in result.stderr and 'label' in result.stderr
   assert not os.path.exists(tmp_path / 'out' / 'summary.json')
+
+
+def test_audit_binary_on_the_finished_run(fedavg_run):
+  out, _ = fedavg_run
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.audit', f'--run_dir={out}', '--local_hospital=oncology'],
+      capture_output=True, text=True, timeout=600, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(out, 'audit.json')) as f:
+    audit = json.load(f)
+  data = data_lib.load(data_lib.DataConfig('breast_cancer', num_hospitals=3, seed=0))
+  per_hospital = audit['global_model']['per_hospital']
+  assert set(per_hospital) == set(data.hospitals)
+  for h in data.hospitals:
+    assert per_hospital[h]['num_members'] == data.num_train(h)
+    assert per_hospital[h]['num_non_members'] == len(data.test[h][1])
+    assert 0 <= per_hospital[h]['best']['auc'] <= 1
+  assert audit['global_model']['overall']['num_members'] == len(data.pooled('train')[1])
+  assert audit['local_model']['hospital'] == 'oncology'
+  tags = set()
+  for path in glob.glob(os.path.join(out, 'tensorboard', '*tfevents*')):
+    accumulator = event_accumulator.EventAccumulator(path, size_guidance={'tensors': 0})
+    accumulator.Reload()
+    tags |= set(accumulator.Tags()['tensors']) | set(accumulator.Tags()['scalars'])
+  assert {'audit/overall/auc', 'audit/per_hospital/childrens/advantage',
+          'audit/local_model/auc'} <= tags

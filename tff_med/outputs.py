@@ -38,13 +38,16 @@ def write_json(path: str, value) -> None:
     f.write('\n')
 
 
+TENSORBOARD_DIR = 'tensorboard'  # Under a run's output folder.
+
+
 class RunOutputs:
   """Writes one run's metrics, model and summary under `output_dir`."""
 
   def __init__(self, output_dir: str):
     os.makedirs(output_dir, exist_ok=True)
     self.output_dir = output_dir
-    self.tensorboard_dir = os.path.join(output_dir, 'tensorboard')
+    self.tensorboard_dir = os.path.join(output_dir, TENSORBOARD_DIR)
     self.csv_path = os.path.join(output_dir, 'metrics.csv')
     self.model_dir = os.path.join(output_dir, 'saved_model')
     self.summary_path = os.path.join(output_dir, 'summary.json')

@@ -20,7 +20,7 @@ from tff_med import training
 from tff_med.algorithms import AlgorithmConfig
 from tff_med.audit.membership import audit, audit_local_model
 from tff_med.models import ModelConfig, build_keras_model
-from tff_med.outputs import write_json
+from tff_med.outputs import TENSORBOARD_DIR, write_json
 
 HEADLINE = ('auc', 'advantage', 'tpr_at_fpr_1pct', 'epsilon_lower_bound')
 
@@ -99,7 +99,7 @@ def audit_run(run_dir: str, data_dir: str | None = None, local_hospital: str | N
                               for h, r in result['global_model']['per_hospital'].items()}}
   if 'local_model' in result:
     scalars['local_model'] = headline(result['local_model'])
-  asyncio.run(tff.program.TensorBoardReleaseManager(os.path.join(run_dir, 'tensorboard'))
+  asyncio.run(tff.program.TensorBoardReleaseManager(os.path.join(run_dir, TENSORBOARD_DIR))
               .release({'audit': scalars}, key=summary['rounds']))
   return result
 

@@ -50,6 +50,7 @@ class FederatedData:
       keyed by hospital name; elements `OrderedDict(x=float32[feature_shape],
       y=float32[1])`.
     test: hospital name -> (x [N, *feature_shape] float32, y [N] int64).
+    train_sizes: hospital name -> number of training records.
     feature_names: column names for tables, None for images.
     description: one line on how the hospitals were formed.
   """
@@ -57,6 +58,7 @@ class FederatedData:
   hospitals: tuple[str, ...]
   train: tff.simulation.datasets.ClientData
   test: Mapping[str, Arrays]
+  train_sizes: Mapping[str, int]
   feature_names: tuple[str, ...] | None = None
   description: str = ''
 
@@ -93,6 +95,7 @@ class FederatedData:
     return cls(name=name, hospitals=hospitals,
                train=tff.simulation.datasets.TestClientData(slices),
                test=test_arrays,
+               train_sizes={h: len(slices[h]['y']) for h in hospitals},
                feature_names=tuple(feature_names) if feature_names else None,
                description=description)
 
@@ -116,7 +119,7 @@ class FederatedData:
     return _dataset_arrays(self.train.create_tf_dataset_for_client(hospital))
 
   def num_train(self, hospital: str) -> int:
-    return len(self.train_arrays(hospital)[1])
+    return self.train_sizes[hospital]
 
   def pooled(self, split: str) -> Arrays:
     """All hospitals' `split` ('train' or 'test') records concatenated."""
