@@ -110,6 +110,15 @@ def test_bad_secure_aggregation_flags(secure, message):
     config.validate(4)
 
 
+def test_masking_with_hospital_level_dp_needs_fixed_clipping():
+  from tff_med.privacy.dp_training import PrivacyConfig  # pylint: disable=g-import-not-at-top
+  config = training.TrainConfig(
+      AlgorithmConfig(client_weighting='uniform'), secure_agg=SecureAggConfig('masking'),
+      privacy=PrivacyConfig('client', noise_multiplier=1.0, clipping='adaptive'))
+  with pytest.raises(ValueError, match='--dp_clipping=fixed'):
+    config.validate(4)
+
+
 def test_secure_aggregation_needs_uniform_weighting():
   with pytest.raises(ValueError, match='--client_weighting=uniform'):
     training.TrainConfig(secure_agg=SecureAggConfig('tff')).validate(4)

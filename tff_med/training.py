@@ -80,6 +80,10 @@ class TrainConfig:
                          '--algorithm=fedavg, fedadam, fedyogi or fedadagrad')
       self.secure_agg.validate(self.clients_per_round or num_hospitals,
                                self.algorithm.client_weighting)
+      if (self.secure_agg.mode == 'masking' and self.privacy.level == 'client'
+          and self.privacy.clipping == 'adaptive'):
+        raise ValueError('--secure_agg=masking with --dp=client clips each hospital\'s '
+                         'update at a fixed --l2_norm_clip: use --dp_clipping=fixed')
 
   def build_dp(self, data: FederatedData, log: Callable[[str], None] = print
                ) -> DpTraining | None:
