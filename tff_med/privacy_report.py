@@ -18,11 +18,11 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from tff_med.compare import mean_std
 from tff_med.outputs import write_json
+from tff_med.privacy_sweep import epsilon_axis, epsilon_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +80,9 @@ def _table(rows: dict) -> tuple[list[str], list[list[str]]]:
 def plot(rows: dict, settings: Sequence[Setting], path: str, title: str) -> None:
   """Utility, attack AUC (overall and per hospital) and TPR at 1% FPR against the
   target epsilon (log scale; no DP drawn at the right edge as ∞)."""
-  finite = [s.target_epsilon for s in settings if s.target_epsilon is not None]
-  right = max(finite) * 4 if finite else 1.0
-  x_of = lambda s: s.target_epsilon if s.target_epsilon is not None else right
-  dp = sorted((s for s in settings if s.secure_agg == 'none'), key=x_of)
-  xs = [x_of(s) for s in dp]
+  dp = [s for s in settings if s.secure_agg == 'none']
+  xs, right = epsilon_positions([s.target_epsilon for s in dp])
+  xs, dp = zip(*sorted(zip(xs, dp), key=lambda pair: pair[0]))
   series = [rows[s.name] for s in dp]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   panels = (('utility', [('pooled accuracy', 'pooled_accuracy'), ('pooled AUC', 'pooled_auc'),
@@ -102,10 +100,7 @@ def plot(rows: dict, settings: Sequence[Setting], path: str, title: str) -> None
         ax.plot([right], [rows[s.name]['pooled_accuracy']['mean']], 'k^')
     if ylabel == 'membership attack AUC':
       ax.axhline(0.5, color='grey', linestyle=':', label='chance')
-    ax.set_xscale('log')
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xticks(xs, [f'{x:g}' if x != right else '∞' for x in xs])
-    ax.set_xlabel('target ε')
+    epsilon_axis(ax, xs, right, 'target ε')
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

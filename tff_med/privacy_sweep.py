@@ -52,13 +52,27 @@ def to_markdown(rows: dict, references: dict, delta: float) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def epsilon_positions(targets) -> tuple[list[float], float]:
+  """x positions for target epsilons on a log axis: no DP (inf or None) goes to
+  the right edge, 4x the largest finite target. Returns (xs, right edge)."""
+  finite = [t for t in targets if t is not None and math.isfinite(t)]
+  right = max(finite) * 4 if finite else 1.0
+  return [t if t is not None and math.isfinite(t) else right for t in targets], right
+
+
+def epsilon_axis(ax, xs: Sequence[float], right: float, label: str) -> None:
+  """Log-scale x axis with one tick per target, the right edge labelled ∞."""
+  ax.set_xscale('log')
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.set_xticks(xs, [f'{x:g}' if x != right else '∞' for x in xs])
+  ax.set_xlabel(label)
+
+
 def plot(rows: dict, references: dict, path: str, title: str) -> None:
   """Accuracy and AUC (pooled test set, mean over hospitals) against target epsilon,
   log scale; epsilon = inf drawn at the right edge; the references' mean over
   hospitals as flat lines."""
-  finite = [t for t in rows if math.isfinite(t)]
-  inf_x = max(finite) * 4 if finite else 1.0
-  xs = [t if math.isfinite(t) else inf_x for t in rows]
+  xs, right = epsilon_positions(rows)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, metric in zip(axes, ('accuracy', 'auc')):
     for scope, style in (('pooled', 'o-'), ('mean_hospital', 's--')):
@@ -69,10 +83,7 @@ def plot(rows: dict, references: dict, path: str, title: str) -> None:
     for (name, row), color in zip(references.items(), ('tab:green', 'tab:red')):
       ax.axhline(row[f'mean_hospital/{metric}']['mean'], color=color, linestyle=':',
                  label=f'{name}, mean hospital')
-    ax.set_xscale('log')
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xticks(xs, [f'{t:g}' if math.isfinite(t) else '∞' for t in rows])
-    ax.set_xlabel('target ε (per record, worst hospital)')
+    epsilon_axis(ax, xs, right, 'target ε (per record, worst hospital)')
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
