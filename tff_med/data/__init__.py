@@ -9,7 +9,7 @@
 import dataclasses
 import os
 
-from tff_med.data import breast_cancer, csv_tables, heart_disease, medmnist
+from tff_med.data import breast_cancer, csv_tables, heart_disease, medmnist, preprocess
 from tff_med.data.errors import DataError
 from tff_med.data.federated_data import FederatedData
 
@@ -34,6 +34,13 @@ class DataConfig:
     test_fraction: held-out share for breast_cancer and csv (heart_disease
       keeps FLamby's 0.34; MedMNIST uses its official test set).
     seed: seeds splits and partitions.
+    scaling: tables' feature scaling, one of preprocess.SCALINGS: 'zscore'
+      (training mean/std; data-dependent, outside a DP guarantee) or
+      'public_ranges' (declared ranges: heart_disease.PUBLIC_RANGES,
+      breast_cancer.PUBLISHED_RANGES, feature_ranges for csv). MedMNIST
+      ignores it (pixel / 255). FederatedData.preprocessing reports the result.
+    feature_ranges: csv with scaling 'public_ranges': one (column, low, high)
+      per numeric column, in the column's units.
   """
   dataset: str
   data_dir: str | None = None
@@ -46,6 +53,8 @@ class DataConfig:
   categorical_columns: tuple[str, ...] = ()
   test_fraction: float = 0.34
   seed: int = 0
+  scaling: str = 'zscore'
+  feature_ranges: tuple[tuple[str, float, float], ...] = ()
 
   def resolved_data_dir(self) -> str:
     """`data_dir`, else $TFF_MED_DATA_DIR; DataError when neither is set."""
@@ -58,16 +67,20 @@ class DataConfig:
 
 def load(config: DataConfig) -> FederatedData:
   """Builds the hospitals' data described by `config`."""
+  preprocess.check_scaling(config.scaling)
+  if config.feature_ranges and config.dataset != 'csv':
+    raise DataError(f'feature_ranges: applies to the csv data set only, not {config.dataset!r}')
   if config.dataset == 'heart_disease':
-    return heart_disease.load(config.resolved_data_dir(), seed=config.seed)
+    return heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling)
   if config.dataset == 'breast_cancer':
     return breast_cancer.load(config.num_hospitals, config.partition, config.seed,
                               config.dirichlet_alpha, config.profile_features or None,
-                              config.test_fraction)
+                              config.test_fraction, config.scaling)
   if config.dataset in medmnist.NAMES:
     return medmnist.load(config.resolved_data_dir(), config.dataset, config.num_hospitals,
                          config.partition, config.seed, config.dirichlet_alpha)
   if config.dataset == 'csv':
     return csv_tables.load(config.csv_files, config.label_column, config.categorical_columns,
-                           config.test_fraction, config.seed)
+                           config.test_fraction, config.seed, config.scaling,
+                           config.feature_ranges)
   raise DataError(f'unknown data set {config.dataset!r}; choose one of {", ".join(DATASETS)}')

@@ -4,13 +4,18 @@ Each file has a header row and the same columns (any order): a 0/1 label
 column, optional categorical columns and numeric columns (all others). Every
 file is validated completely before anything is built. Then, per hospital: a
 stratified train/test split (plain random split when a class has a single
-record), numeric columns z-scored with the hospital's own training mean/std,
-categorical columns one-hot encoded over the union of levels seen at any
-hospital (sorted), features ordered numeric then one-hot ('column=level').
+record), numeric columns scaled (scaling 'zscore': with the hospital's own
+training mean/std; 'public_ranges': clipped to the user's declared
+feature_ranges and mapped to [-1, 1]), categorical columns one-hot encoded
+over the union of levels seen at any hospital (sorted), features ordered
+numeric then one-hot ('column=level'). That level set is read from the
+records, so tables with categorical columns stay data-dependent under either
+scaling.
 """
 
 import csv
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 
@@ -32,8 +37,12 @@ class _Table:
 
 def load(csv_files: Sequence[str], label_column: str,
          categorical_columns: Sequence[str] = (), test_fraction: float = 0.34,
-         seed: int = 0) -> FederatedData:
+         seed: int = 0, scaling: str = 'zscore',
+         feature_ranges: Sequence[tuple[str, float, float]] = ()) -> FederatedData:
   """Loads one hospital per CSV file.
+
+  `scaling`: one of preprocess.SCALINGS; 'public_ranges' needs `feature_ranges`,
+  one (column, low, high) for every numeric column.
 
   Raises:
     DataError: naming hospital, file, line (1-based, header = line 1; with the
@@ -41,8 +50,15 @@ def load(csv_files: Sequence[str], label_column: str,
       rows, a row with the wrong number of fields, an empty cell, a
       non-numeric or NaN/inf value in a numeric column, a label not 0/1, a
       missing label or categorical column, columns that differ between
-      hospitals, or two files with the same stem.
+      hospitals, or two files with the same stem; naming the field
+      feature_ranges for a numeric column without a range, a range for a
+      column that is not numeric, low >= high, or ranges without
+      scaling 'public_ranges'.
   """
+  preprocess.check_scaling(scaling)
+  if feature_ranges and scaling != 'public_ranges':
+    raise DataError(f"feature_ranges: used only with scaling 'public_ranges', "
+                    f'not {scaling!r}')
   if not csv_files:
     raise DataError('no CSV files given; pass one file per hospital with --csv_files')
   tables = {}
@@ -53,6 +69,7 @@ def load(csv_files: Sequence[str], label_column: str,
                       f'{hospital!r} (the file stem); rename one')
     tables[hospital] = _read(hospital, path)
   numeric = _check_columns(list(tables.values()), label_column, categorical_columns)
+  ranges = _column_ranges(feature_ranges, numeric) if scaling == 'public_ranges' else {}
   parsed = {h: _parse(t, label_column, numeric, categorical_columns) for h, t in tables.items()}
 
   levels = {c: sorted(set().union(*(p[2][c] for p in parsed.values())))
@@ -64,12 +81,19 @@ def load(csv_files: Sequence[str], label_column: str,
     x = np.concatenate([x_numeric] + one_hot, axis=1)
     train[hospital], test[hospital] = preprocess.split_train_test(
         f'hospital {hospital!r}', x, y, test_fraction, seed)
-  train, test = preprocess.standardize_hospitals(train, test, columns=range(len(numeric)))
+  train, test = preprocess.scale_hospitals(train, test, scaling, ranges,
+                                           zscore_columns=range(len(numeric)))
   feature_names = numeric + [f'{c}={level}' for c in categorical_columns for level in levels[c]]
+  source = ("numeric columns: each hospital's own training mean/std" if scaling == 'zscore'
+            else 'numeric columns: ranges declared in feature_ranges')
+  if categorical_columns:
+    source += f'; one-hot levels of {", ".join(categorical_columns)}: the values in the files'
   return FederatedData.from_arrays(
       'csv', train, test, feature_names=feature_names,
       description=(f'{len(tables)} hospitals from CSV files, label {label_column!r}, '
-                   f'stratified {1 - test_fraction:.0%}/{test_fraction:.0%} split, seed {seed}'))
+                   f'stratified {1 - test_fraction:.0%}/{test_fraction:.0%} split, seed {seed}'),
+      preprocessing=preprocess.preprocessing(
+          scaling, scaling == 'zscore' or bool(categorical_columns), source))
 
 
 def _read(hospital: str, path: str) -> _Table:
@@ -127,6 +151,33 @@ def _check_columns(tables: list[_Table], label_column: str,
     raise DataError(f'{preprocess.location(first.hospital, first.path)}: no feature '
                     f'columns besides the label {label_column!r}')
   return numeric
+
+
+def _column_ranges(feature_ranges: Sequence[tuple[str, float, float]],
+                   numeric: list[str]) -> dict[int, preprocess.Range]:
+  """feature_ranges as index into `numeric` -> (low, high); DataError naming the field."""
+  ranges = {}
+  for entry in feature_ranges:
+    try:
+      column, low, high = entry
+      low, high = float(low), float(high)
+    except (TypeError, ValueError):
+      raise DataError(f'feature_ranges: entry {entry!r} is not (column, low, high) '
+                      'with numbers low and high') from None
+    if column not in numeric:
+      raise DataError(f'feature_ranges: column {column!r} is not a numeric column of the '
+                      f'CSV files (numeric columns: {", ".join(numeric)})')
+    if numeric.index(column) in ranges:
+      raise DataError(f'feature_ranges: column {column!r} has more than one range')
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+      raise DataError(f'feature_ranges: column {column!r} has low {low} and high {high}; '
+                      'need finite low < high')
+    ranges[numeric.index(column)] = (low, high)
+  missing = [c for i, c in enumerate(numeric) if i not in ranges]
+  if missing:
+    raise DataError(f"feature_ranges: no range for numeric column(s) {', '.join(missing)}; "
+                    "scaling 'public_ranges' needs (column, low, high) for each")
+  return ranges
 
 
 def _parse(table: _Table, label_column: str, numeric: list[str],

@@ -18,6 +18,11 @@ from tff_med.data.errors import DataError
 
 Arrays = tuple[np.ndarray, np.ndarray]  # (x [N, *feature_shape] float32, y [N] int64 in {0, 1})
 
+# `preprocessing` of arrays a caller passes in: tff_med.data transformed nothing.
+AS_GIVEN = {'scaling': 'as_given', 'data_dependent': False,
+            'source': 'arrays used as passed to FederatedData.from_arrays; the caller '
+                      'answers for how they were made'}
+
 
 def _check_split(hospital: str, split: str, x: np.ndarray, y: np.ndarray,
                  feature_shape: tuple[int, ...] | None) -> None:
@@ -53,6 +58,11 @@ class FederatedData:
     train_sizes: hospital name -> number of training records.
     feature_names: column names for tables, None for images.
     description: one line on how the hospitals were formed.
+    preprocessing: how features were scaled: 'scaling' (a DataConfig.scaling
+      name, 'pixels/255' for images, 'as_given' for caller arrays),
+      'data_dependent' (True when a transformation of the model's inputs used
+      statistics of the records, which a DP guarantee does not cover) and
+      'source' (one line: where the ranges or statistics came from).
   """
   name: str
   hospitals: tuple[str, ...]
@@ -61,11 +71,13 @@ class FederatedData:
   train_sizes: Mapping[str, int]
   feature_names: tuple[str, ...] | None = None
   description: str = ''
+  preprocessing: Mapping[str, str | bool] = dataclasses.field(
+      default_factory=lambda: dict(AS_GIVEN))
 
   @classmethod
   def from_arrays(cls, name: str, train: Mapping[str, Arrays], test: Mapping[str, Arrays],
-                  feature_names: Sequence[str] | None = None,
-                  description: str = '') -> 'FederatedData':
+                  feature_names: Sequence[str] | None = None, description: str = '',
+                  preprocessing: Mapping[str, str | bool] | None = None) -> 'FederatedData':
     """Validates per-hospital arrays and builds the ClientData.
 
     Raises:
@@ -97,7 +109,7 @@ class FederatedData:
                test=test_arrays,
                train_sizes={h: len(slices[h]['y']) for h in hospitals},
                feature_names=tuple(feature_names) if feature_names else None,
-               description=description)
+               description=description, preprocessing=dict(preprocessing or AS_GIVEN))
 
   @classmethod
   def from_client_data(cls, name: str, train: tff.simulation.datasets.ClientData,

@@ -10,7 +10,10 @@ columns, no header, '?' = missing. Preprocessing (as FLamby):
     a plain random split: 199/104, 172/89, 30/16, 85/45 records);
   - one-hot cp (levels 1..4) and restecg (0..2) dropping the first level, with
     fixed levels so every hospital has the same 13 features;
-  - z-score every feature per hospital with its own training mean/std;
+  - scaling 'zscore' (FLamby's): every feature z-scored per hospital with its
+    own training mean/std (data-dependent); 'public_ranges': age, trestbps,
+    chol, thalach, oldpeak clipped to PUBLIC_RANGES and mapped to [-1, 1],
+    the 0/1 columns (sex, fbs, exang, one-hot cp/restecg) unchanged;
   - label: num > 0 (heart disease).
 """
 
@@ -32,12 +35,25 @@ FEATURE_NAMES = NUMERIC + tuple(f'{c}_{level}' for c, levels in ONE_HOT_LEVELS.i
                                 for level in levels[1:])
 LABELS = (0, 1, 2, 3, 4)
 TEST_FRACTION = 0.34
+# Declared by us from clinical domain knowledge as plausibility limits (round
+# numbers), not computed from the files: column -> (low, high) in its units.
+# The files code an unmeasured trestbps or chol as 0 (all of Switzerland's
+# chol); clipping maps that code to -1, which no measured value (chol >= 85,
+# trestbps >= 92 mm Hg in the files) reaches.
+PUBLIC_RANGES = {
+    'age': (18, 100),  # years, adult patients
+    'trestbps': (50, 250),  # resting systolic blood pressure, mm Hg
+    'chol': (50, 700),  # serum cholesterol, mg/dl
+    'thalach': (40, 220),  # maximum heart rate achieved, beats/min
+    'oldpeak': (-5, 10),  # exercise-induced ST depression, mm (negative = elevation)
+}
 
 
-def load(data_dir: str, seed: int = 0) -> FederatedData:
+def load(data_dir: str, seed: int = 0, scaling: str = 'zscore') -> FederatedData:
   """Loads the four hospitals from `data_dir` (holding heart_disease/, or that folder).
 
-  Returns FederatedData with 13 float32 features per record, label num > 0.
+  Returns FederatedData with 13 float32 features per record, label num > 0,
+  scaled by `scaling` (one of preprocess.SCALINGS; see the module docstring).
 
   Raises:
     DataError: naming hospital, file, 1-based line and column for a missing
@@ -51,15 +67,20 @@ def load(data_dir: str, seed: int = 0) -> FederatedData:
     x, y = read_hospital(hospital, os.path.join(folder, f'processed.{hospital}.data'))
     train[hospital], test[hospital] = preprocess.split_train_test(
         f'hospital {hospital!r}', x, y, TEST_FRACTION, seed)
-  train, test = preprocess.standardize_hospitals(train, test)
+  train, test = preprocess.scale_hospitals(
+      train, test, scaling, {FEATURE_NAMES.index(c): r for c, r in PUBLIC_RANGES.items()})
+  source = ("each hospital's own training mean/std, all 13 features" if scaling == 'zscore'
+            else 'clinical plausibility ranges declared in heart_disease.PUBLIC_RANGES for '
+                 f'{", ".join(PUBLIC_RANGES)}; 0/1 and one-hot columns unchanged')
   return FederatedData.from_arrays(
       'heart_disease', train, test, feature_names=FEATURE_NAMES,
       description=('UCI Heart Disease, 4 real hospitals, FLamby preprocessing '
-                   f'(stratified 66/34 split, seed {seed})'))
+                   f'(stratified 66/34 split, seed {seed})'),
+      preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source))
 
 
 def read_hospital(hospital: str, path: str) -> tuple[np.ndarray, np.ndarray]:
-  """One hospital's file -> (x float64 [N, 13] before z-scoring, y int64 [N] = num > 0)."""
+  """One hospital's file -> (x float64 [N, 13] before scaling, y int64 [N] = num > 0)."""
   if not os.path.isfile(path):
     raise DataError(f'{preprocess.location(hospital, path)}: file not found')
   rows = []

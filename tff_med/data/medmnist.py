@@ -4,7 +4,8 @@ Reads the standard MedMNIST file NAME.npz: `train_images` (N, 28, 28) uint8
 pixels 0..255 and `train_labels` (N, 1) or (N,), same for `test_`. The `val_`
 arrays are not used. The official train and test sets are the pools that
 `partition.simulate_hospitals` divides into hospitals ('profiles' shifts image
-brightness). Images become float32 (28, 28, 1) in [0, 1] (pixel / 255).
+brightness). Images become float32 (28, 28, 1) in [0, 1] (pixel / 255), a
+fixed map whatever DataConfig.scaling says: no statistics of the records.
 Labels: 1 = disease. PneumoniaMNIST already has 1 = pneumonia; BreastMNIST
 has 0 = malignant, so it is flipped to 1 = malignant.
 """
@@ -43,8 +44,10 @@ def load(data_dir: str, name: str, num_hospitals: int = 3, partition: str = 'pro
   _, train, test, description = simulate_hospitals(
       pools['train'], pools['test'], num_hospitals, partition, seed, dirichlet_alpha,
       profile_features=None)
-  return FederatedData.from_arrays(name, train, test,
-                                   description=f'{name} (official train/test): {description}')
+  return FederatedData.from_arrays(
+      name, train, test, description=f'{name} (official train/test): {description}',
+      preprocessing=preprocess.preprocessing(
+          'pixels/255', False, 'the fixed 8-bit pixel range 0..255, no statistics of the records'))
 
 
 def read_npz(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

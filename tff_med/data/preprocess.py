@@ -1,5 +1,16 @@
 """Helpers shared by the dataset loaders: locating files, parsing numbers,
-train/test splitting and per-hospital z-scoring."""
+train/test splitting and feature scaling.
+
+Scalings (DataConfig.scaling):
+  zscore:        each column minus a training mean, divided by a training std.
+                 Data-dependent: removing one record moves every other
+                 record's features, which a DP guarantee does not cover.
+  public_ranges: each numeric column clipped to a declared [low, high] and
+                 mapped affinely to [-1, 1]; a record's features depend on that
+                 record and the declared ranges only. Values outside a range
+                 are clipped silently (an error or count would depend on the
+                 records). Binary and one-hot columns are left unchanged.
+"""
 
 import math
 import os
@@ -11,6 +22,9 @@ from sklearn import model_selection
 from tff_med.data.errors import DataError
 
 Arrays = tuple[np.ndarray, np.ndarray]  # (x [N, *feature_shape], y [N])
+Range = tuple[float, float]  # (low, high) in a column's own units, low < high
+
+SCALINGS = ('zscore', 'public_ranges')
 
 
 def resolve_dir(data_dir: str, subfolder: str) -> str:
@@ -88,3 +102,40 @@ def standardize_hospitals(train: Mapping[str, Arrays], test: Mapping[str, Arrays
     x_test[:, cols] = (x_test[:, cols] - mean) / std
     train_out[hospital], test_out[hospital] = (x_train, y_train), (x_test, y_test)
   return train_out, test_out
+
+
+def check_scaling(scaling: str) -> None:
+  """DataError naming the field `scaling` unless it is one of SCALINGS."""
+  if scaling not in SCALINGS:
+    raise DataError(f'scaling: unknown value {scaling!r}; choose one of {", ".join(SCALINGS)}')
+
+
+def scale_to_ranges(x: np.ndarray, ranges: Mapping[int, Range]) -> np.ndarray:
+  """`x` [N, F] with each column index in `ranges` clipped to [low, high], mapped to [-1, 1].
+
+  Other columns are unchanged. Returns a new float64 array.
+  """
+  x = x.astype(np.float64)
+  for column, (low, high) in ranges.items():
+    x[:, column] = 2 * (np.clip(x[:, column], low, high) - low) / (high - low) - 1
+  return x
+
+
+def scale_hospitals(train: Mapping[str, Arrays], test: Mapping[str, Arrays], scaling: str,
+                    ranges: Mapping[int, Range], zscore_columns: Sequence[int] | None = None
+                    ) -> tuple[dict[str, Arrays], dict[str, Arrays]]:
+  """Each hospital's (train, test) scaled by `scaling` (one of SCALINGS).
+
+  'zscore': `standardize_hospitals` over `zscore_columns` (all when None);
+  'public_ranges': `scale_to_ranges` with `ranges` (column index -> (low, high)).
+  """
+  check_scaling(scaling)
+  if scaling == 'zscore':
+    return standardize_hospitals(train, test, zscore_columns)
+  return tuple({h: (scale_to_ranges(x, ranges), y) for h, (x, y) in split.items()}
+               for split in (train, test))
+
+
+def preprocessing(scaling: str, data_dependent: bool, source: str) -> dict[str, str | bool]:
+  """The `FederatedData.preprocessing` record: {'scaling', 'data_dependent', 'source'}."""
+  return {'scaling': scaling, 'data_dependent': data_dependent, 'source': source}
