@@ -1,5 +1,9 @@
 """TFF's quantised secure sum and the masking protocol: same aggregate; the masked
-learning process against plain FedAvg; aborted rounds leave the model unchanged."""
+learning process against plain FedAvg; what its driver handles (offset file
+paths, never masks); distributed DP noise in it; aborted rounds leave the model
+unchanged."""
+
+import os
 
 import numpy as np
 import pytest
@@ -23,7 +27,7 @@ def test_tff_secure_sum_and_masking_give_the_same_aggregate():
     with runtime.execution_context(secure_sums=True):
       process = QuantizedSecureSumFactory(quantizer).create(tff.TensorType(np.float32, [257]))
       tff_sum = process.next(process.initialize(), list(updates.values())).result
-    masked_total, _ = secure_sum(
+    masked_total, _, _ = secure_sum(
         {h: quantizer.quantize(u).numpy().astype(np.uint64) for h, u in updates.items()},
         bits, threshold=3)
     masked_sum = quantizer.dequantize_sum(masked_total, len(names)).numpy()
@@ -66,41 +70,117 @@ def test_masked_fedavg_matches_plain_fedavg_up_to_quantisation():
   assert plain['secure_aggregation']['bytes_per_client'] == 4 * 4  # 4 float32 parameters.
 
 
-def test_masked_process_round_against_numpy_and_abort():
+class _Spy:
+  """Wraps the process's TFF computation, recording what the driver passes it
+  and whether each offset file existed then."""
+
+  def __init__(self, computation):
+    self._computation, self.calls = computation, []
+
+  def __call__(self, *args):
+    paths = args[-1]
+    self.calls.append((args, [os.path.exists(p) for p in paths]))
+    return self._computation(*args)
+
+
+def _process_round(noise_multiplier=0.0, l2_norm_clip=None):
+  """A masked process on the toy data: its round with 'b' dropping, a round with
+  'b' and 'c' dropping (aborted), the same clients' plain TFF client work, the
+  initial state and the spy on the TFF computation."""
   data = _data()
   config = _config(mode='masking', bits=16, clip=1.0)
   keras_fn = lambda: build_keras_model(ModelConfig('logreg'), (3,), seed=2)
   probe = training.client_dataset(data, 'a', config, 0)
   model_fn = tff_model_fn(keras_fn, probe.element_spec)
-  quantizer = Quantizer(16, 1.0, 4)
   with runtime.execution_context():
     client_work = tff.learning.templates.build_model_delta_client_work(
         model_fn, tff.learning.optimizers.build_sgdm(0.3), tff.learning.ClientWeighting.UNIFORM)
     process = MaskedLearningProcess(model_fn, client_work, tff.learning.optimizers.build_sgdm(1.0),
-                                    quantizer)
+                                    config.secure_agg, 4, l2_norm_clip, noise_multiplier)
+    spy = _Spy(process._masked_updates)
+    process._masked_updates = spy
     state = process.initialize()
     datasets = [training.client_dataset(data, h, config, 0) for h in data.hospitals]
     one_drop = process.next(state, datasets, list(data.hospitals), dropouts=['b'])
     aborted = process.next(state, datasets, list(data.hospitals), dropouts=['b', 'c'])
     # The same clients' own updates, unmasked, straight from TFF's client work.
     plain = client_work.next(client_work.initialize(), [state.model_weights] * 4, datasets)
-  before = np.concatenate([np.ravel(w) for w in state.model_weights.trainable])
   deltas = {h: -np.concatenate([np.ravel(u) for u in r.update])  # TFF: update = w0 - w.
             for h, r in zip(data.hospitals, plain.result)}
+  return process, state, one_drop, aborted, deltas, spy
+
+
+@pytest.fixture(scope='module')
+def plain_round():
+  """`_process_round()` without DP, run once for the tests below."""
+  return _process_round()
+
+
+def _flat(weights):
+  return np.concatenate([np.ravel(w) for w in weights.trainable])
+
+
+def test_masked_process_round_against_numpy_and_abort(plain_round):
+  process, state, one_drop, aborted, deltas, _ = plain_round
+  quantizer = Quantizer(16, 1.0, 4)
+  assert process.quantizer == quantizer
   survivors = ['a', 'c', 'd']  # 'b' dropped after masking.
-  expected = before + np.mean([np.clip(deltas[h], -1, 1) for h in survivors], axis=0)
-  after = np.concatenate([np.ravel(w) for w in one_drop.state.model_weights.trainable])
-  np.testing.assert_allclose(after, expected, atol=quantizer.resolution)
+  expected = _flat(state.model_weights) + np.mean([np.clip(deltas[h], -1, 1) for h in survivors],
+                                                  axis=0)
+  np.testing.assert_allclose(_flat(one_drop.state.model_weights), expected,
+                             atol=quantizer.resolution)
   assert one_drop.metrics['aggregator']['survivors'] == 3
+  assert set(one_drop.metrics['aggregator']) == {'aborted', 'survivors', 'dropped',
+                                                 'bytes_per_client', 'masked_bytes'}
+  # Training statistics are summed in the clear: named so, not 'client_work'.
+  assert 'client_work' not in one_drop.metrics
+  assert set(one_drop.metrics['client_work_unprotected']['train']) >= {'loss', 'accuracy', 'auc'}
   # Two dropouts leave 2 < ceil(2 * 4 / 3) = 3 survivors: aborted, model unchanged.
   assert aborted.metrics['aggregator']['aborted'] == 1
   for got, want in zip(aborted.state.model_weights.trainable, state.model_weights.trainable):
     np.testing.assert_array_equal(got, want)
 
 
+def test_masked_process_driver_routes_only_offset_file_paths(plain_round):
+  """C1: the TFF computation gets, besides state, weights and data, only one
+  string path per hospital (no mask, no seed); each file existed while it ran,
+  in a folder of its own, and is gone after the round."""
+  spy = plain_round[-1]
+  assert len(spy.calls) == 2
+  for args, existed in spy.calls:
+    paths = args[-1]
+    assert len(args) == 4 and all(isinstance(p, str) for p in paths) and all(existed)
+    assert len({os.path.dirname(p) for p in paths}) == len(paths) == 4
+    assert not any(os.path.exists(os.path.dirname(p)) for p in paths)
+
+
+def test_masked_process_with_distributed_dp_noise():
+  """m5/M4: with noise multiplier z the round's mean moves off the noiseless one
+  by the discrete Gaussian noise of the 3 survivors, within 7 std, differently
+  on each run; the process states z and the closed form for the round."""
+  z, clip = 0.5, 1.0
+  runs = [_process_round(z, clip) for _ in range(2)]
+  process, state, one_drop, _, deltas, _ = runs[0]
+  quantizer = process.quantizer
+  assert quantizer.headroom > 0 and process.planned_noise_multiplier == z
+  t, k = 3, 1  # ceil(2 * 4 / 3); colluders default to t - 2.
+  assert process.round_noise_multiplier(3, 4) == pytest.approx(z * np.sqrt((3 - k - 1) /
+                                                                            (t - k - 1)))
+  assert process.tau(3, 4) == pytest.approx(0.0, abs=1e-12)
+  sigma = process._noise.share_scale(4)
+  clipped = {h: u * min(1.0, clip / np.linalg.norm(u)) for h, u in deltas.items()}
+  expected = _flat(state.model_weights) + np.mean([clipped[h] for h in 'acd'], axis=0)
+  moves = [_flat(run[2].state.model_weights) - expected for run in runs]
+  bound = (7 * np.sqrt(3) * sigma + 3) * quantizer.resolution / 3  # Noise + rounding, mean of 3.
+  for move in moves:
+    assert np.abs(move).max() < bound and np.abs(move).max() > 0
+  assert not np.array_equal(*moves)
+
+
 @pytest.mark.parametrize('secure,message', [
     (SecureAggConfig('masking', dropouts=4), '--simulate_dropouts=4'),
     (SecureAggConfig('masking', threshold=9), '--secagg_threshold=9'),
+    (SecureAggConfig('masking', threshold=2), '--secagg_threshold=2'),  # Half of 4.
     (SecureAggConfig('tff', bits=40), '--secagg_bits=40'),
     (SecureAggConfig('tff', dropouts=1), 'apply to --secure_agg=masking'),
 ])

@@ -24,13 +24,17 @@ FLOAT_BYTES = 4  # A plain update value on the wire: float32.
 class SecureAggConfig:
   """`mode`: one of MODES. `bits`: bit width b of the modular sum. `clip`: each
   update value is clipped to [-clip, clip] before quantisation (parameter units).
-  `threshold`: masking's Shamir threshold t (0: ceil(2n / 3) of the cohort n).
-  `dropouts`: hospitals that drop after masking in each round (masking only)."""
+  `threshold`: masking's Shamir threshold t, more than half the cohort n (0:
+  max(2, ceil(2n / 3))). `dropouts`: hospitals that drop after masking in each
+  round (masking only). `colluders`: k, the hospitals that distributed DP under
+  masking assumes collude with the server, 0..t - 2 (None: t - 2, the largest
+  coalition that leaves one honest noise share in a round of t survivors)."""
   mode: str = 'none'
   bits: int = 16
   clip: float = 1.0
   threshold: int = 0
   dropouts: int = 0
+  colluders: int | None = None
 
   def validate(self, cohort_size: int, client_weighting: str) -> None:
     """Raises ValueError naming the flag at fault."""
@@ -44,21 +48,29 @@ class SecureAggConfig:
                        '--client_weighting=uniform')
     if self.mode == 'masking':
       t = self.threshold_for(cohort_size)
-      if not 2 <= t <= cohort_size:
-        raise ValueError(f'--secagg_threshold={t}: must be between 2 and the cohort size, '
-                         f'{cohort_size}')
+      if not 2 <= t <= cohort_size or 2 * t <= cohort_size:
+        raise ValueError(f'--secagg_threshold={t}: must be at least 2, more than half the '
+                         f'cohort ({cohort_size} / 2) and at most the cohort')
+      if not 0 <= self.colluders_for(t) <= t - 2:
+        raise ValueError(f'--secagg_colluders={self.colluders}: must be between 0 and '
+                         f'--secagg_threshold - 2 = {t - 2}')
       if not 0 <= self.dropouts < cohort_size:
         raise ValueError(f'--simulate_dropouts={self.dropouts}: must be between 0 and '
                          f'{cohort_size - 1}')
-    elif self.dropouts or self.threshold:
-      raise ValueError('--simulate_dropouts and --secagg_threshold apply to '
-                       '--secure_agg=masking')
+    elif self.dropouts or self.threshold or self.colluders is not None:
+      raise ValueError('--simulate_dropouts, --secagg_threshold and --secagg_colluders apply '
+                       'to --secure_agg=masking')
 
   def quantizer(self, cohort_size: int) -> Quantizer:
     return Quantizer(self.bits, self.clip, cohort_size)
 
   def threshold_for(self, cohort_size: int) -> int:
-    return self.threshold or math.ceil(2 * cohort_size / 3)
+    """Masking's threshold t for a cohort of `cohort_size` hospitals."""
+    return self.threshold or max(2, math.ceil(2 * cohort_size / 3))
+
+  def colluders_for(self, threshold: int) -> int:
+    """k, the colluding hospitals distributed DP allows for at threshold t."""
+    return threshold - 2 if self.colluders is None else self.colluders
 
   def bytes_per_client(self, num_params: int) -> float:
     """Bytes of one hospital's update on the wire (masking adds its key exchange,

@@ -1,22 +1,26 @@
 """FedAvg whose hospital updates reach the server only masked (`--secure_agg=masking`).
 
-A round: the hospitals of the cohort run steps 1-2 of the masking protocol
-(`masking.MaskingRound`: key agreement and secret sharing in each hospital's own
-Python object) and each gets its mask. The TFF computation then trains on every
-hospital (TFF's `build_model_delta_client_work`), clips and quantises the update
-(`Quantizer`, the one TFF's secure sum uses), optionally adds the hospital's
-share of the DP noise, and adds the hospital's mask modulo 2^bits: its
-CLIENTS-placed output is already masked. The mask arrives as a CLIENTS-placed
-argument, which a `tff.aggregators` factory cannot take, hence this process. The
-server side (`MaskingRound.finish`) only ever receives masked vectors; hospitals
+A round: the cohort's hospitals, each a `masking.Hospital` party, run steps 1-2
+of the masking protocol (`masking.MaskingRound`), and each writes its secret
+offset (self mask + pairwise masks, plus its discrete Gaussian noise share under
+distributed DP, mod 2^bits) to a private file of its own. The TFF computation
+trains on every hospital (TFF's `build_model_delta_client_work`), and in its
+CLIENTS-placed part clips (L2, with DP) and quantises the update (`Quantizer`,
+the one TFF's secure sum uses), reads that hospital's offset file (its path is a
+CLIENTS-placed tf.string) and adds the offset modulo 2^bits: what leaves the
+hospital is already masked. The driver routes only protocol messages and file
+paths; the files are deleted when the round ends, also on error. A
+`tff.aggregators` factory cannot take a CLIENTS-placed argument, hence this
+process. The server (`masking.Server`) only ever receives messages; hospitals
 named by `dropouts` leave after masking. Below the threshold the round aborts and
-the model stays unchanged. The unmasked sum is averaged and applied with TFF's
-optimizer finalizer.
+the model stays unchanged. The decoded sum is averaged over the survivors and
+applied with TFF's optimizer finalizer.
 
-Distributed DP (`noise_stddev` > 0): each hospital clips its update to L2 norm
-`l2_norm_clip` and adds Gaussian noise of std noise_stddev / sqrt(cohort size),
-so that a full cohort's sum carries noise of std `noise_stddev`; with dropouts
-the sum carries less, and `round_noise_multiplier` says how much.
+Distributed DP (`noise_multiplier` z > 0): `ddp.DistributedDiscreteGaussian`
+sizes the noise shares and the quantiser's headroom; `round_noise_multiplier`,
+`planned_noise_multiplier` and `tau` state what a round carries. Training
+statistics (loss, accuracy, AUC, noisy_steps) are summed in the clear:
+`metrics['client_work_unprotected']`, neither masked nor noised.
 """
 
 import collections
@@ -27,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med.secure_agg.config import SecureAggConfig
+from tff_med.secure_agg.ddp import DistributedDiscreteGaussian
 from tff_med.secure_agg.masking import MaskingRound, SecureAggregationAborted
-from tff_med.secure_agg.tff_secure_sum import Quantizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +56,27 @@ class MaskedLearningProcess:
   ones that drop after masking."""
 
   def __init__(self, model_fn, client_work: tff.learning.templates.ClientWorkProcess,
-               server_optimizer: tff.learning.optimizers.Optimizer, quantizer: Quantizer,
-               threshold: int = 0, l2_norm_clip: float | None = None,
-               noise_stddev: float = 0.0):
+               server_optimizer: tff.learning.optimizers.Optimizer, secure: SecureAggConfig,
+               max_cohort: int, l2_norm_clip: float | None = None,
+               noise_multiplier: float = 0.0):
+    """`secure`: bits, clip, threshold and colluders; `max_cohort`: the most
+    hospitals a round can have (the quantiser is sized for it); `l2_norm_clip`:
+    L2 clip of each update (parameter units, None: none); `noise_multiplier`: z
+    of distributed DP (0: none; needs `l2_norm_clip`)."""
     with tf.Graph().as_default():
       model = model_fn()
       weights_type = tff.learning.models.weights_type_from_model(model)
       shapes = [v.shape.as_list() for v in model.trainable_variables]
     self._shapes = shapes
     self.num_params = int(sum(np.prod(s) for s in shapes))
-    self.quantizer, self.threshold = quantizer, threshold
-    self._noise_stddev = noise_stddev
+    self._secure = secure
+    self._noise = None
+    if noise_multiplier:
+      if l2_norm_clip is None:
+        raise ValueError('distributed DP under masking needs an L2 clip')
+      self._noise = DistributedDiscreteGaussian(secure, noise_multiplier, l2_norm_clip,
+                                                self.num_params, max_cohort)
+    self.quantizer = self._noise.quantizer if self._noise else secure.quantizer(max_cohort)
     self._client_work = client_work
     self._finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
         server_optimizer, weights_type)
@@ -72,29 +87,24 @@ class MaskedLearningProcess:
 
     self._initial_weights = initial_weights
     update_type = client_work.next.type_signature.result.result.member.update
-    mask_type = tff.TensorType(np.int64, [self.num_params])
-    modulus = 2**quantizer.bits
+    quantizer = self.quantizer
 
-    @tff.tensorflow.computation(update_type, mask_type, np.int32)
-    def quantize_and_mask(update, mask, cohort_size):
+    @tff.tensorflow.computation(update_type, np.str_)
+    def quantize_and_mask(update, offset_path):
       flat = tf.concat([tf.reshape(u, [-1]) for u in tf.nest.flatten(update)], axis=0)
       if l2_norm_clip is not None:
         flat = tf.clip_by_norm(flat, l2_norm_clip)
-      if noise_stddev > 0:
-        flat += tf.random.normal(tf.shape(flat), dtype=flat.dtype,
-                                 stddev=noise_stddev / tf.sqrt(tf.cast(cohort_size, tf.float32)))
-      return tf.math.floormod(quantizer.quantize(flat) + mask, modulus)
+      offset = tf.io.decode_raw(tf.io.read_file(offset_path), tf.int64, little_endian=True)
+      return tf.math.floormod(quantizer.quantize(flat) + offset, 2**quantizer.bits)
 
     @tff.federated_computation(
         client_work.initialize.type_signature.result,
         tff.FederatedType(weights_type, tff.SERVER),
         client_work.next.type_signature.parameter[2],
-        tff.FederatedType(mask_type, tff.CLIENTS),
-        tff.FederatedType(np.int32, tff.SERVER))
-    def masked_updates(work_state, weights, data, masks, cohort_size):
+        tff.FederatedType(np.str_, tff.CLIENTS))
+    def masked_updates(work_state, weights, data, offset_paths):
       output = client_work.next(work_state, tff.federated_broadcast(weights), data)
-      masked = tff.federated_map(quantize_and_mask, (
-          output.result.update, masks, tff.federated_broadcast(cohort_size)))
+      masked = tff.federated_map(quantize_and_mask, (output.result.update, offset_paths))
       return masked, output.state, output.measurements
 
     self._masked_updates = masked_updates
@@ -106,29 +116,46 @@ class MaskedLearningProcess:
   def get_model_weights(self, state: MaskedState) -> tff.learning.models.ModelWeights:
     return state.model_weights
 
-  def round_noise_multiplier(self, survivors: int, cohort: int, l2_norm_clip: float) -> float:
-    """Noise std of a sum of `survivors` of `cohort` hospitals' updates, in clips."""
-    return self._noise_stddev * math.sqrt(survivors / cohort) / l2_norm_clip
+  @property
+  def planned_noise_multiplier(self) -> float:
+    """z: the noise multiplier of the worst released round (t survivors)."""
+    return self._noise.noise_multiplier if self._noise else 0.0
+
+  def round_noise_multiplier(self, survivors: int, cohort: int) -> float:
+    """z sqrt((s - k - 1) / (t - k - 1)) for `survivors` (s) of `cohort` hospitals
+    (threshold t, k colluders from it): the round's noise std / sensitivity
+    against the server and k colluders (0 without DP)."""
+    return self._noise.round_noise_multiplier(survivors, cohort) if self._noise else 0.0
+
+  def tau(self, survivors: int, cohort: int) -> float:
+    """Kairouz-Liu-Steinke tau of that round's honest discrete Gaussian shares
+    (`ddp.py`); raises ValueError without DP."""
+    if not self._noise:
+      raise ValueError('no distributed DP noise: tau is undefined')
+    return self._noise.tau(survivors, cohort)
 
   def next(self, state: MaskedState, datasets, hospitals, dropouts=()) -> RoundOutput:
     """One round among `hospitals` (names, same order as `datasets`); `dropouts`
-    leave after masking. Threshold: the constructor's, or ceil(2n / 3) (at least
-    2) for a cohort of n."""
-    threshold = self.threshold or max(2, math.ceil(2 * len(hospitals) / 3))
-    metrics = collections.OrderedDict(client_work=collections.OrderedDict(
+    leave after masking. Threshold: `SecureAggConfig.threshold_for` the cohort.
+    metrics: `aggregator` (aborted, survivors, dropped, bytes_per_client,
+    masked_bytes; aborted rounds: aborted, survivors, reason),
+    `client_work_unprotected` (the plain sum of the client work's statistics),
+    `finalizer`."""
+    cohort = len(hospitals)
+    metrics = collections.OrderedDict(client_work_unprotected=collections.OrderedDict(
         train=collections.OrderedDict(loss=math.nan, accuracy=math.nan, auc=math.nan)))
     try:
-      round_ = MaskingRound(hospitals, self.quantizer.bits, threshold)
-      masks = round_.masks(self.num_params)
-      masked, work_state, metrics['client_work'] = self._masked_updates(
-          state.client_work, state.model_weights, datasets,
-          [masks[h].astype(np.int64) for h in hospitals], len(hospitals))
-      state = dataclasses.replace(state, client_work=work_state)
-      delivered = {h: np.asarray(y).astype(np.uint64) for h, y in zip(hospitals, masked)
-                   if h not in dropouts}
-      total, stats = round_.finish(delivered)
+      noise_scale = self._noise.share_scale(cohort) if self._noise else 0
+      with MaskingRound(hospitals, self.quantizer.bits, self._secure.threshold_for(cohort),
+                        noise_scale) as round_:
+        masked, work_state, metrics['client_work_unprotected'] = self._masked_updates(
+            state.client_work, state.model_weights, datasets,
+            round_.offset_files(self.num_params))
+        state = dataclasses.replace(state, client_work=work_state)
+        total, stats = round_.finish({h: np.asarray(y).astype(np.uint64)
+                                      for h, y in zip(hospitals, masked) if h not in dropouts})
     except SecureAggregationAborted as e:
-      metrics['aggregator'] = {'aborted': 1, 'survivors': len(hospitals) - len(dropouts),
+      metrics['aggregator'] = {'aborted': 1, 'survivors': cohort - len(dropouts),
                                'reason': str(e)}
       return RoundOutput(state, metrics)
     count = len(stats['survivors'])

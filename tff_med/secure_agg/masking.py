@@ -1,44 +1,58 @@
 """Pairwise-masking secure aggregation (Bonawitz et al., CCS 2017), semi-honest variant.
 
 The server learns sum_u x_u mod 2^bits over the hospitals whose masked vectors it
-received, never a single x_u. One round, with `Hospital` and `Server` objects:
+received, never a single x_u. One round, between `Hospital` and `Server` objects
+that only exchange protocol messages (`MaskingRound` routes them):
 1. each hospital advertises two X25519 public keys, c (share encryption) and s
    (pairwise mask seeds); the server broadcasts them;
 2. each hospital Shamir-shares (t of n) its s private key and its 32-byte
    self-mask seed b_u, sending hospital v's shares AES-GCM-encrypted under
    HKDF-SHA256(X25519(c_u, c_v)) through the server;
-3. each sends y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)
-   mod 2^bits, s_uv = HKDF-SHA256(X25519(s_u, s_v)), ordered by hospital index;
+3. each sends y_u = x_u + o_u mod 2^bits, with its secret offset
+   o_u = PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) (+ its discrete
+   Gaussian noise share under distributed DP, `ddp.py`), s_uv =
+   HKDF-SHA256(X25519(s_u, s_v)), ordered by hospital index. A hospital adds its
+   offset once per round, itself (`mask`), or hands it to its own TFF client
+   computation in a private file (`write_offset`); nothing returns it;
 4. the server asks the survivors for shares of b_u of every survivor and of the
    s key of every hospital that dropped after step 2, rebuilds those, and strips
    the self masks and the survivor-dropped pairwise masks (survivor pairs cancel).
+The server keeps every message it received, in order, in `Server.transcript`.
 
-Threat model. Protects against an honest-but-curious server that follows the
-protocol, also when it colludes with up to t - 1 hospitals; tolerates up to n - t
-dropouts (with fewer than t survivors the round aborts and releases nothing).
-Does NOT protect against: a malicious server that lies about who dropped (it could
-then get both shares of a survivor; Bonawitz's consistency-check round is not
-implemented); malicious hospitals sending garbage (it silently corrupts the sum);
-collusion of t or more parties; what the aggregate itself reveals (add
-differential privacy for that); traffic analysis. All parties run in one process
-here, so key material separation is by object, not by machine.
+Threat model. Hides each hospital's update from a semi-honest server (it follows
+the protocol but tries to learn from what it sees), also when it colludes with up
+to t - 1 hospitals; tolerates up to n - t dropouts (with fewer than t survivors
+the round aborts and releases nothing). The threshold must exceed n / 2: with
+t <= n / 2 a server that tells two halves of the hospitals different dropout
+lists could collect both kinds of share of one hospital. Not covered: a
+malicious server that lies about dropouts otherwise (Bonawitz's consistency-check
+round is not implemented); malicious hospitals sending garbage (it silently
+corrupts the sum); collusion of t or more parties; what the aggregate itself
+reveals (distributed DP, `ddp.py`, bounds that); traffic analysis. All parties
+run in one process here: separation is by object (a hospital's secrets stay in
+its `Hospital`) and by private file (mode 0600 in a directory of its own,
+deleted after the round), not by machine, so the process could read them.
 
 Hand-written: the Bonawitz protocol logic (no well-kept Python library offers it);
 X25519, HKDF, AES-GCM and the ChaCha20 PRG come from `cryptography`, Shamir
-sharing from `tff_med.secure_agg.shamir`.
+sharing from `tff_med.secure_agg.shamir`, discrete Gaussian noise from TF Privacy.
 """
 
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+import tensorflow as tf
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
 
 from tff_med.secure_agg import shamir
 
@@ -79,6 +93,15 @@ def _check_bits(bits: int) -> None:
     raise ValueError(f'bits={bits}: must be between 2 and 32')
 
 
+def check_threshold(threshold: int, num_hospitals: int) -> None:
+  """Raises ValueError unless 2 <= threshold and threshold > num_hospitals / 2
+  (at or below half, a server lying about dropouts to two halves of the
+  hospitals could rebuild both secrets of one)."""
+  if threshold < 2 or 2 * threshold <= num_hospitals:
+    raise ValueError(f'threshold {threshold} of {num_hospitals} hospitals: must be at least 2 '
+                     'and more than half the hospitals')
+
+
 def _check_vector(values: np.ndarray, bits: int, what: str) -> np.ndarray:
   """`values` as uint64, after checking: shape (d,), integers in [0, 2^bits)."""
   values = np.asarray(values)
@@ -115,24 +138,41 @@ def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
   return np.frombuffer(stream, dtype='<u8').astype(np.uint64) & np.uint64(2**bits - 1)
 
 
+def sample_discrete_gaussian(scale: int, length: int) -> np.ndarray:
+  """`length` draws of the discrete Gaussian N_Z(0, scale^2), int64 shape (length,):
+  TF Privacy's sampler, run in a graph of its own whose seed comes from
+  os.urandom, so experiment seeds (tf.keras.utils.set_random_seed) never fix it."""
+  with tf.Graph().as_default() as graph:
+    tf.random.set_seed(int.from_bytes(os.urandom(8), 'little') >> 1)  # This graph only.
+    noise = discrete_gaussian_utils.sample_discrete_gaussian(scale, [length], tf.int64)
+    with tf.compat.v1.Session(graph=graph) as session:
+      return session.run(noise)
+
+
 class Hospital:
   """One hospital's side of one round (keys are fresh per object: use one per
-  round). Its secrets (private keys c and s, seed b_u, the shares it holds) leave
-  it only as the protocol sends them."""
+  round). Its secrets (private keys c and s, seed b_u, the shares it holds, its
+  noise share of integer std `noise_scale`, 0 for none) leave it only as the
+  protocol sends them; it adds its secret offset to one update per round."""
 
-  def __init__(self, name: str, index: int, bits: int):
+  def __init__(self, name: str, index: int, bits: int, noise_scale: int = 0):
     _check_bits(bits)
     if index < 1:
       raise ValueError(f'hospital {name!r}: index {index} must be positive')
+    if noise_scale < 0:
+      raise ValueError(f'hospital {name!r}: noise scale {noise_scale} must be non-negative')
     self.name, self.index, self.bits = name, index, bits
     self._c = X25519PrivateKey.generate()
     self._s = X25519PrivateKey.generate()
     self._b = os.urandom(SEED_BYTES)
+    self._noise_scale = noise_scale
     self._peer_keys: dict[int, PublicKeys] = {}
     self._threshold = 0
     self._key_shares: dict[int, int] = {}  # hospital -> its share of that one's s key.
     self._seed_shares: dict[int, int] = {}  # hospital -> its share of that one's b.
     self._revealed: dict[int, str] = {}  # hospital -> 'seed' or 'key', the kind revealed.
+    self._offset_used = False
+    self._private_dir: str | None = None
 
   def public_keys(self) -> PublicKeys:
     """Step 1: what this hospital advertises."""
@@ -151,9 +191,11 @@ class Hospital:
     """Step 2: Shamir-shares (`threshold` of all advertised hospitals, itself
     included) the s private key and b; keeps its own shares and returns each other
     hospital's as nonce (12 bytes) + AES-GCM ciphertext of the two shares
-    (2 x shamir.SHARE_BYTES) + tag (16 bytes), keyed by recipient index."""
+    (2 x shamir.SHARE_BYTES) + tag (16 bytes), keyed by recipient index. Refuses
+    a threshold of at most half the hospitals (`check_threshold`)."""
     if public_keys.get(self.index) != self.public_keys():
       raise ValueError(f'{self.name}: the broadcast does not hold my keys at index {self.index}')
+    check_threshold(threshold, len(public_keys))
     self._peer_keys = {v: keys for v, keys in public_keys.items() if v != self.index}
     self._threshold = threshold
     key_shares = shamir.split(int.from_bytes(self._s.private_bytes_raw(), 'big'), threshold,
@@ -179,16 +221,48 @@ class Hospital:
       self._key_shares[sender] = int.from_bytes(plaintext[:shamir.SHARE_BYTES], 'big')
       self._seed_shares[sender] = int.from_bytes(plaintext[shamir.SHARE_BYTES:], 'big')
 
+  def _offset(self, length: int) -> np.ndarray:
+    """o_u, uint64 shape (length,) in [0, 2^bits): self mask, pairwise masks with
+    every hospital it got shares from, and the noise share. Once per round: a
+    second offset for other inputs would let their difference unmask them."""
+    if self._offset_used:
+      raise ValueError(f'{self.name} refuses: it already masked an input this round')
+    if not self._threshold:
+      raise ValueError(f'{self.name}: no key shares exchanged yet')
+    self._offset_used = True
+    o = expand_mask(self._b, length, self.bits)
+    for v in self._seed_shares.keys() - {self.index}:
+      pair_mask = expand_mask(_pair_seed(self._s, self._peer_keys[v].masking), length,
+                              self.bits)
+      o = o + pair_mask if self.index < v else o - pair_mask  # uint64 wraps mod 2^64.
+    if self._noise_scale:
+      o = o + sample_discrete_gaussian(self._noise_scale, length).astype(np.uint64)
+    return o & np.uint64(2**self.bits - 1)
+
   def mask(self, quantized: np.ndarray) -> np.ndarray:
     """Step 3: y_u, uint64 shape (d,) in [0, 2^bits), from `quantized` (shape (d,),
-    integers in [0, 2^bits)); pairwise masks with every hospital it got shares from."""
+    integers in [0, 2^bits)), masked here."""
     x = _check_vector(quantized, self.bits, f'{self.name} update')
-    y = x + expand_mask(self._b, len(x), self.bits)
-    for v in self._seed_shares.keys() - {self.index}:
-      pair_mask = expand_mask(_pair_seed(self._s, self._peer_keys[v].masking), len(x),
-                              self.bits)
-      y = y + pair_mask if self.index < v else y - pair_mask  # uint64 wraps mod 2^64.
-    return y & np.uint64(2**self.bits - 1)
+    return (x + self._offset(len(x))) & np.uint64(2**self.bits - 1)
+
+  def write_offset(self, length: int) -> str:
+    """Step 3 for its own TFF client computation: writes o_u (`length` int64
+    little-endian values in [0, 2^bits)) to a file, mode 0600, in a fresh private
+    directory (mode 0700), and returns the file's path, the handle that
+    computation reads it by; `discard` deletes both."""
+    offset = self._offset(length)
+    self._private_dir = tempfile.mkdtemp(prefix='tff_med_secagg_')
+    path = os.path.join(self._private_dir, 'offset')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, 'wb') as f:
+      f.write(offset.astype('<i8').tobytes())
+    return path
+
+  def discard(self) -> None:
+    """Deletes the offset file and its directory, if written."""
+    if self._private_dir is not None:
+      shutil.rmtree(self._private_dir, ignore_errors=True)
+      self._private_dir = None
 
   def reveal(self, survivors: Collection[int], dropped: Collection[int]) -> Reveal:
     """Step 4: shares of b_v for `survivors`, of the s key for `dropped`. Raises
@@ -218,19 +292,21 @@ class Hospital:
 
 
 class Server:
-  """The aggregator. Holds only public material, keyed by hospital index:
-  `public_keys`, the encrypted `bundles` it relays (sender -> recipient ->
-  ciphertext; it cannot read them), the `masked` vectors and the `reveals`."""
+  """The aggregator: public parameters `bits` and `threshold`, then only the
+  protocol messages, keyed by hospital index. `transcript` lists them in the
+  order received, as (step, message): ('public_keys', index -> PublicKeys),
+  ('shares', sender -> recipient -> ciphertext; it cannot read them),
+  ('masked', index -> masked vector), ('reveals', index -> Reveal)."""
 
   def __init__(self, bits: int, threshold: int):
     _check_bits(bits)
     if threshold < 2:
       raise ValueError(f'threshold {threshold}: must be at least 2 (one share would be the secret)')
     self.bits, self.threshold = bits, threshold
-    self.public_keys: dict[int, PublicKeys] = {}
-    self.bundles: dict[int, dict[int, bytes]] = {}
-    self.masked: dict[int, np.ndarray] = {}
-    self.reveals: dict[int, Reveal] = {}
+    self.transcript: list[tuple[str, dict]] = []
+
+  def _received(self, step: str) -> dict:
+    return next((message for s, message in self.transcript if s == step), {})
 
   def _require(self, count: int, step: str) -> None:
     if count < self.threshold:
@@ -239,73 +315,81 @@ class Server:
           'is aborted and no aggregate is released')
 
   def collect_keys(self, public_keys: Mapping[int, PublicKeys]) -> dict[int, PublicKeys]:
-    """Step 1: stores the advertised keys; returns them for broadcast to all."""
+    """Step 1: stores the advertised keys; returns them for broadcast to all.
+    Refuses a threshold of at most half of them (`check_threshold`)."""
     self._require(len(public_keys), 'advertised keys')
-    self.public_keys = dict(public_keys)
-    return dict(self.public_keys)
+    check_threshold(self.threshold, len(public_keys))
+    self.transcript.append(('public_keys', dict(public_keys)))
+    return dict(public_keys)
 
   def relay_shares(self, bundles: Mapping[int, Mapping[int, bytes]]
                    ) -> dict[int, dict[int, bytes]]:
     """Step 2: sender -> recipient -> ciphertext in, recipient -> sender ->
     ciphertext out, among the hospitals that sent shares."""
     self._require(len(bundles), 'sent key shares')
-    self.bundles = {u: dict(out) for u, out in bundles.items()}
-    return {v: {u: out[v] for u, out in self.bundles.items() if u != v} for v in self.bundles}
+    bundles = {u: dict(out) for u, out in bundles.items()}
+    self.transcript.append(('shares', bundles))
+    return {v: {u: out[v] for u, out in bundles.items() if u != v} for v in bundles}
 
   def collect_masked(self, masked: Mapping[int, np.ndarray]
                      ) -> tuple[frozenset[int], frozenset[int]]:
     """Step 3: stores the masked vectors (shape (d,), values in [0, 2^bits)) and
     returns the unmasking request (survivors, dropped): dropped hospitals sent
     shares but no vector. Aborts below the threshold."""
-    strangers = masked.keys() - self.bundles.keys()
+    senders = self._received('shares').keys()
+    strangers = masked.keys() - senders
     if strangers:
       raise ValueError(f'masked vectors from hospitals {sorted(strangers)} that sent no shares')
     self._require(len(masked), 'sent masked vectors')
-    self.masked = {u: _check_vector(y, self.bits, f'masked vector of hospital {u}')
-                   for u, y in masked.items()}
-    if len({len(y) for y in self.masked.values()}) != 1:
+    masked = {u: _check_vector(y, self.bits, f'masked vector of hospital {u}')
+              for u, y in masked.items()}
+    if len({len(y) for y in masked.values()}) != 1:
       raise ValueError('masked vectors differ in length')
-    return frozenset(self.masked), frozenset(self.bundles.keys() - self.masked.keys())
-
-  def _reconstruct(self, owner: int, kind: str) -> bytes:
-    """`owner`'s 32-byte secret ('seed_shares': b, 'key_shares': s key) from all reveals."""
-    secret = shamir.reconstruct({v: getattr(r, kind)[owner] for v, r in self.reveals.items()})
-    if secret >= 2**(8 * SEED_BYTES):
-      raise ValueError(f'inconsistent shares of hospital {owner}: no 32-byte secret')
-    return secret.to_bytes(SEED_BYTES, 'big')
+    self.transcript.append(('masked', masked))
+    return frozenset(masked), frozenset(senders - masked.keys())
 
   def unmask(self, reveals: Mapping[int, Reveal]) -> np.ndarray:
     """Step 4: sum over survivors of x_u mod 2^bits, uint64 shape (d,), from the
     survivors' `reveals`; aborts if fewer than the threshold answered."""
-    survivors, dropped = set(self.masked), self.bundles.keys() - self.masked.keys()
+    masked = self._received('masked')
+    survivors, dropped = set(masked), self._received('shares').keys() - masked.keys()
     if not reveals.keys() <= survivors:
       raise ValueError(f'reveals from non-survivors {sorted(reveals.keys() - survivors)}')
     self._require(len(reveals), 'revealed shares')
-    self.reveals = dict(reveals)
-    length = len(next(iter(self.masked.values())))
-    total = np.sum(list(self.masked.values()), axis=0, dtype=np.uint64)
+    self.transcript.append(('reveals', dict(reveals)))
+
+    def rebuild(owner: int, kind: str) -> bytes:  # kind: 'seed_shares' (b) or 'key_shares'.
+      secret = shamir.reconstruct({v: getattr(r, kind)[owner] for v, r in reveals.items()})
+      if secret >= 2**(8 * SEED_BYTES):
+        raise ValueError(f'inconsistent shares of hospital {owner}: no 32-byte secret')
+      return secret.to_bytes(SEED_BYTES, 'big')
+
+    length = len(next(iter(masked.values())))
+    total = np.sum(list(masked.values()), axis=0, dtype=np.uint64)
     for u in survivors:
-      total -= expand_mask(self._reconstruct(u, 'seed_shares'), length, self.bits)
+      total -= expand_mask(rebuild(u, 'seed_shares'), length, self.bits)
+    public_keys = self._received('public_keys')
     for u in dropped:
-      s_key = X25519PrivateKey.from_private_bytes(self._reconstruct(u, 'key_shares'))
+      s_key = X25519PrivateKey.from_private_bytes(rebuild(u, 'key_shares'))
       for v in survivors:  # v added PRG(s_vu) if v < u, subtracted it if v > u.
-        pair_mask = expand_mask(_pair_seed(s_key, self.public_keys[v].masking), length,
-                                self.bits)
+        pair_mask = expand_mask(_pair_seed(s_key, public_keys[v].masking), length, self.bits)
         total = total - pair_mask if v < u else total + pair_mask
     return total & np.uint64(2**self.bits - 1)
 
 
 class MaskingRound:
-  """One protocol round among the hospitals `names` (index = position + 1), split
-  where the masked vectors are made, so that the hospitals' own computation (a
-  TFF client computation in `masked_process.py`) can add each hospital's mask to
-  its quantised update: steps 1-2 in the constructor, `masks` gives each hospital
-  its total mask (step 3 with x_u = 0), `finish` is steps 3-4 at the server.
+  """Routes one protocol round among the hospitals `names` (index = position + 1),
+  each a `Hospital` with integer noise std `noise_scale`: steps 1-2 in the
+  constructor, step 3 by `masked_vectors` (the hospitals mask numpy updates) or
+  `offset_files` (the paths their own TFF client computations read), steps 3-4
+  at the server in `finish`. It passes on only messages and paths. Use it as a
+  context manager: leaving it deletes the hospitals' offset files, also on error.
   """
 
-  def __init__(self, names: Sequence[str], bits: int, threshold: int):
+  def __init__(self, names: Sequence[str], bits: int, threshold: int, noise_scale: int = 0):
     self.bits = bits
-    self._hospitals = {i: Hospital(name, i, bits) for i, name in enumerate(names, start=1)}
+    self._hospitals = {i: Hospital(name, i, bits, noise_scale)
+                       for i, name in enumerate(names, start=1)}
     self._index = {h.name: i for i, h in self._hospitals.items()}
     self.server = Server(bits, threshold)
     broadcast = self.server.collect_keys(
@@ -314,21 +398,32 @@ class MaskingRound:
     for i, inbox in self.server.relay_shares(self._bundles).items():
       self._hospitals[i].receive_shares(inbox)
 
-  def masks(self, length: int) -> dict[str, np.ndarray]:
-    """name -> that hospital's mask, uint64 shape (length,): y_u - x_u mod 2^bits."""
-    zeros = np.zeros(length, np.uint64)
-    return {h.name: h.mask(zeros) for h in self._hospitals.values()}
+  def __enter__(self) -> 'MaskingRound':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for h in self._hospitals.values():
+      h.discard()
+
+  def masked_vectors(self, quantized: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """name -> y_u, uint64 shape (d,): each hospital masks its own `quantized`
+    update (shape (d,), integers in [0, 2^bits))."""
+    return {name: self._hospitals[self._index[name]].mask(x) for name, x in quantized.items()}
+
+  def offset_files(self, length: int) -> list[str]:
+    """Each hospital's `write_offset(length)` path, in `names` order."""
+    return [h.write_offset(length) for h in self._hospitals.values()]
 
   def finish(self, masked: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
     """The server gets the masked vectors of the hospitals in `masked` (the
     others dropped after masking), asks the survivors to reveal, and unmasks.
 
-    Returns (sum of the survivors' x_u mod 2^bits, uint64 shape (d,), stats):
-    `bytes_per_client` (name -> bytes sent: 2 x 32 public-key bytes + its share
-    bundles, (n - 1) x 160, and for survivors the masked vector, `masked_bytes`
-    = d x ceil(bits / 8), plus the reveal, n x shamir.SHARE_BYTES), `masked_bytes`,
-    `survivors` and `dropped` (names, index order), `masked` (name -> the vector
-    the server received). Raises SecureAggregationAborted below the threshold.
+    Returns (sum of the survivors' x_u (+ noise) mod 2^bits, uint64 shape (d,),
+    stats): `bytes_per_client` (name -> bytes sent: 2 x 32 public-key bytes + its
+    share bundles, (n - 1) x 160, and for survivors the masked vector,
+    `masked_bytes` = d x ceil(bits / 8), plus the reveal, n x
+    shamir.SHARE_BYTES), `masked_bytes`, `survivors` and `dropped` (names, index
+    order). Raises SecureAggregationAborted below the threshold.
     """
     unknown = masked.keys() - self._index.keys()
     if unknown:
@@ -345,22 +440,21 @@ class MaskingRound:
     name = lambda i: self._hospitals[i].name
     return total, {'bytes_per_client': sent, 'masked_bytes': masked_bytes,
                    'survivors': tuple(name(i) for i in sorted(survivors)),
-                   'dropped': tuple(name(i) for i in sorted(dropped)),
-                   'masked': {name(i): y for i, y in self.server.masked.items()}}
+                   'dropped': tuple(name(i) for i in sorted(dropped))}
 
 
 def secure_sum(quantized: Mapping[str, np.ndarray], bits: int, threshold: int,
-               dropouts: Collection[str] = ()) -> tuple[np.ndarray, dict]:
+               dropouts: Collection[str] = (), noise_scale: int = 0
+               ) -> tuple[np.ndarray, dict, Server]:
   """One round among the hospitals named by `quantized` (updates shape (d,),
-  integers in [0, 2^bits)); the `dropouts` leave after masking, so their masked
-  vectors never reach the server. Returns `MaskingRound.finish`'s (sum, stats)."""
+  integers in [0, 2^bits)), each adding discrete Gaussian noise of integer std
+  `noise_scale`; the `dropouts` leave after masking, so their masked vectors
+  never reach the server. Returns `MaskingRound.finish`'s (sum, stats) and the
+  server (its `transcript` is all it saw)."""
   unknown = set(dropouts) - quantized.keys()
   if unknown:
     raise ValueError(f'dropouts {sorted(unknown)} are not among the hospitals')
-  round_ = MaskingRound(list(quantized), bits, threshold)
-  length = len(next(iter(quantized.values())))
-  masks = round_.masks(length)
-  modulus = np.uint64(2**bits - 1)
-  return round_.finish({
-      name: (_check_vector(x, bits, f'{name} update') + masks[name]) & modulus
-      for name, x in quantized.items() if name not in dropouts})
+  with MaskingRound(list(quantized), bits, threshold, noise_scale) as round_:
+    masked = round_.masked_vectors(quantized)
+    total, stats = round_.finish({h: y for h, y in masked.items() if h not in dropouts})
+  return total, stats, round_.server

@@ -23,13 +23,16 @@ import tensorflow_federated as tff
 @dataclasses.dataclass(frozen=True)
 class Quantizer:
   """Affine map of [-clip, clip] onto the integers 0..levels, levels =
-  (2^bits - 1) // num_clients, so a sum of up to `num_clients` quantised values
-  is at most 2^bits - 1 and never wraps modulo 2^bits. Resolution: 2 clip /
-  levels float units per step; rounding costs at most half a step per value.
-  TensorFlow ops: usable inside TFF computations and eagerly on numpy arrays."""
+  (2^bits - 1 - 2 headroom) // num_clients, so a sum of up to `num_clients`
+  quantised values, moved by less than `headroom` (integers; distributed DP
+  noise, `ddp.py`), stays in [-headroom, 2^bits - 1 - headroom] and decodes
+  without wrapping modulo 2^bits. Resolution: 2 clip / levels float units per
+  step; rounding costs at most half a step per value. TensorFlow ops: usable
+  inside TFF computations and eagerly on numpy arrays."""
   bits: int
   clip: float
   num_clients: int
+  headroom: int = 0
 
   def __post_init__(self):
     if not 2 <= self.bits <= 32:
@@ -38,11 +41,18 @@ class Quantizer:
       raise ValueError(f'--secagg_clip={self.clip}: must be positive')
     if self.levels < 1:
       raise ValueError(f'--secagg_bits={self.bits} leaves no integer level for each of '
-                       f'{self.num_clients} hospitals; raise --secagg_bits')
+                       f'{self.num_clients} hospitals' + (
+                           f' beside {self.headroom} for noise' if self.headroom else '')
+                       + '; raise --secagg_bits')
 
   @property
   def levels(self) -> int:
-    return (2**self.bits - 1) // self.num_clients
+    return (2**self.bits - 1 - 2 * self.headroom) // self.num_clients
+
+  @property
+  def scale(self) -> float:
+    """Integers per float unit: levels / (2 clip)."""
+    return self.levels / (2 * self.clip)
 
   @property
   def resolution(self) -> float:
@@ -55,9 +65,12 @@ class Quantizer:
     return tf.cast(tf.round((values + self.clip) / (2 * self.clip) * self.levels), tf.int64)
 
   def dequantize_sum(self, total, count) -> tf.Tensor:
-    """float32, same shape as `total`: the affine map inverted for a sum of `count`
-    quantised vectors, within count x resolution / 2 of the clipped sum."""
-    total = tf.cast(total, tf.float64)
+    """float32, same shape as `total` (a sum mod 2^bits, read as an integer in
+    [-headroom, 2^bits - 1 - headroom]): the affine map inverted for a sum of
+    `count` quantised vectors, within count x resolution / 2 of the clipped sum
+    (plus the noise)."""
+    total = tf.math.floormod(tf.cast(total, tf.int64) + self.headroom, 2**self.bits)
+    total = tf.cast(total - self.headroom, tf.float64)
     return tf.cast(total * self.resolution - tf.cast(count, tf.float64) * self.clip,
                    tf.float32)
 
