@@ -6,9 +6,9 @@ import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
 
-from tff_med.privacy import (PrivacyLedger, calibrate_noise_multiplier, check_record_delta,
-                             default_record_delta, dp_sgd_event, epsilon, make_accountant,
-                             sampled_round_event)
+from tff_med.privacy import (PrivacyLedger, calibrate_noise_multiplier, check_hospital_delta,
+                             check_record_delta, default_record_delta, dp_sgd_event, epsilon,
+                             make_accountant, sampled_round_event, substitution_bound)
 
 SIGMA = 2.0
 DELTA = 1e-3
@@ -155,18 +155,44 @@ def test_calibration_meets_target_and_is_smallest():
 
 
 def test_record_delta_default_and_check():
-  assert default_record_delta({'a': 199, 'b': 40}) == 1e-3
-  assert default_record_delta({'a': 1000}) == 1e-4
-  assert default_record_delta({'a': 999, 'b': 5}) == 1e-3
+  assert default_record_delta({'a': 199, 'b': 40}) == 1e-4
+  assert default_record_delta({'a': 1000}) == 1e-5
+  assert default_record_delta({'a': 999, 'b': 5}) == 1e-4
   rows = {'small': 40, 'big': 600}
-  check_record_delta(1e-3, rows)
-  with pytest.raises(ValueError, match=r"--target_delta.*'big' has 600"):
-    check_record_delta(1 / 600, rows)
-  with pytest.raises(ValueError, match=r"--target_delta.*'big' has 600"):
-    check_record_delta(0.01, rows)
+  check_record_delta(1e-4, rows)
+  check_record_delta(1 / 6000, rows)
+  # m1: delta = 0.98 / n was accepted before; now delta must be at most 1 / (10 n).
+  for bad in (0.98 / 600, 1.01 / 6000, 0.01):
+    with pytest.raises(ValueError, match=r"--target_delta.*'big' has 600"):
+      check_record_delta(bad, rows)
   for bad in (0.0, 1.0, -1e-5):
     with pytest.raises(ValueError, match='--target_delta'):
       check_record_delta(bad, rows)
+
+
+def test_hospital_delta_is_at_most_a_tenth_of_one_over_the_hospitals():
+  check_hospital_delta(0.025, 4)
+  for bad in (0.2, 0.026, 0.0):
+    with pytest.raises(ValueError, match=r'--target_delta.*1/\(10 x 4 hospitals\)'):
+      check_hospital_delta(bad, 4)
+
+
+def test_substitution_bound_is_group_privacy_for_two_changes():
+  """m2: replacing a unit = removing one and adding one."""
+  assert substitution_bound(1.0, 1e-5) == (2.0, pytest.approx((1 + math.e) * 1e-5))
+  assert substitution_bound(math.inf, 1e-5) == (math.inf, 1e-5)
+
+
+def test_joint_epsilon_composes_every_hospital():
+  """m6: a patient with records at every hospital is charged all of their events."""
+  rates = {'A': 0.1, 'B': 0.05}
+  ledger = PrivacyLedger('record', 'rdp', DELTA, SIGMA, 1.0, rates)
+  for h, q in rates.items():
+    ledger.record(h, dp_sgd_event(q, SIGMA, 7), 7)
+  direct = rdp.RdpAccountant().compose(dp_sgd_event(0.1, SIGMA, 7)).compose(
+      dp_sgd_event(0.05, SIGMA, 7)).get_epsilon(DELTA)
+  assert ledger.joint_epsilon() == pytest.approx(direct, rel=1e-9)
+  assert ledger.joint_epsilon() > ledger.max_epsilon()
 
 
 def test_events_and_accountant_names():

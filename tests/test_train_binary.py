@@ -99,6 +99,15 @@ def test_progress_line_per_round(fedavg_run):
     (['--dataset=breast_cancer', '--rounds=0'], '--rounds=0'),
     (['--dataset=breast_cancer', '--model=cnn'], '--model=cnn'),
     (['--dataset=breast_cancer', '--dropout=1.5', '--model=mlp'], '--dropout=1.5'),
+    # M6: under DP, features scaled with the records' own statistics are refused.
+    (['--dataset=breast_cancer', '--dp=record', '--noise_multiplier=1', '--scaling=zscore'],
+     '--scaling=public_ranges'),
+    (['--dataset=breast_cancer', '--dp=record', '--target_epsilon=2', '--max_epsilon=1'],
+     '--max_epsilon=1.0 is below --target_epsilon=2.0'),
+    (['--dataset=csv', '--feature_ranges=age:1'], "--feature_ranges: 'age:1'"),
+    # m4: a threshold of at most half the hospitals lets a lying server unmask one.
+    (['--dataset=breast_cancer', '--num_hospitals=5', '--secure_agg=masking',
+      '--client_weighting=uniform', '--secagg_threshold=2'], '--secagg_threshold=2'),
 ])
 def test_bad_flags_exit_nonzero_naming_the_culprit(flags, culprit, tmp_path):
   result = _train(*flags, f'--output_dir={tmp_path}')

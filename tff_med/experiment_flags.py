@@ -67,6 +67,15 @@ flags.DEFINE_list('csv_files', [], 'For --dataset=csv: one CSV file per hospital
 flags.DEFINE_string('label_column', 'label', 'For --dataset=csv: the 0/1 outcome column.')
 flags.DEFINE_list('categorical_columns', [], 'For --dataset=csv: columns one-hot encoded '
                   'instead of z-scored.')
+flags.DEFINE_enum('scaling', None, ['zscore', 'public_ranges'], 'Scaling of table '
+                  'features: zscore (training mean/std: statistics of the records, refused '
+                  'with --dp) or public_ranges (each numeric column clipped to a declared '
+                  'range and mapped to [-1, 1]: heart_disease and breast_cancer ship '
+                  'theirs; CSV needs --feature_ranges). Default: public_ranges with --dp, '
+                  'else zscore. Images always use pixel/255.')
+flags.DEFINE_list('feature_ranges', [], 'For --dataset=csv --scaling=public_ranges: '
+                  'COLUMN:LOW:HIGH for every numeric column, declared from public '
+                  'knowledge (never computed from the files), e.g. age:18:100,bp:50:250.')
 flags.DEFINE_float('test_fraction', 0.34, 'Share of each hospital\'s records held out '
                    'for its test set (heart_disease: FLamby\'s 0.34, fixed).')
 flags.DEFINE_enum('model', None, MODELS, 'logreg (FLamby\'s baseline), mlp for tables, '
@@ -134,6 +143,10 @@ flags.DEFINE_float('secagg_clip', 1.0, 'Each update value is clipped to [-clip, 
                    'before quantisation (parameter units).')
 flags.DEFINE_integer('secagg_threshold', 0, 'Masking: Shamir threshold t; rounds with '
                      'fewer survivors abort. 0 = ceil(2n/3) of the cohort.')
+flags.DEFINE_integer('secagg_colluders', None, 'Masking with --dp=client: hospitals '
+                     'assumed to collude with the server (0..t-2); each hospital\'s noise '
+                     'share is sized so that a round at the threshold keeps the planned '
+                     'noise without them. Default t-2.')
 flags.DEFINE_integer('simulate_dropouts', 0, 'Masking: hospitals that drop out after '
                      'masking in every round.')
 
@@ -166,7 +179,24 @@ def data_config(seed: int | None = None) -> data_lib.DataConfig:
       partition=_flag_or_default('partition'), dirichlet_alpha=FLAGS.dirichlet_alpha,
       profile_features=tuple(FLAGS.profile_features), csv_files=tuple(FLAGS.csv_files),
       label_column=FLAGS.label_column, categorical_columns=tuple(FLAGS.categorical_columns),
-      test_fraction=FLAGS.test_fraction, seed=FLAGS.seed if seed is None else seed)
+      test_fraction=FLAGS.test_fraction, seed=FLAGS.seed if seed is None else seed,
+      scaling=FLAGS.scaling or ('public_ranges' if FLAGS.dp != 'none' else 'zscore'),
+      feature_ranges=_feature_ranges())
+
+
+def _feature_ranges() -> tuple[tuple[str, float, float], ...]:
+  """--feature_ranges as (column, low, high) triples; ValueError naming the flag."""
+  ranges = []
+  for item in FLAGS.feature_ranges:
+    column, _, bounds = item.rpartition(':')
+    column, _, low = column.rpartition(':')
+    try:
+      ranges.append((column, float(low), float(bounds)))
+    except ValueError:
+      raise ValueError(f'--feature_ranges: {item!r} is not COLUMN:LOW:HIGH') from None
+    if not column:
+      raise ValueError(f'--feature_ranges: {item!r} is not COLUMN:LOW:HIGH')
+  return tuple(ranges)
 
 
 def model_config() -> ModelConfig:
@@ -198,7 +228,8 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
       privacy=privacy or privacy_config(),
       secure_agg=secure_agg_config.SecureAggConfig(
           mode=FLAGS.secure_agg, bits=FLAGS.secagg_bits, clip=FLAGS.secagg_clip,
-          threshold=FLAGS.secagg_threshold, dropouts=FLAGS.simulate_dropouts))
+          threshold=FLAGS.secagg_threshold, dropouts=FLAGS.simulate_dropouts,
+          colluders=FLAGS.secagg_colluders))
 
 
 def privacy_config(target_epsilon: float | None = None) -> dp_training.PrivacyConfig:

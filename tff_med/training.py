@@ -91,8 +91,14 @@ class TrainConfig:
     naming the flag at fault."""
     if self.privacy.level == 'none':
       return None
+    cohort_size = self.clients_per_round or len(data.hospitals)
+    aggregation = {'none': 'central'}.get(self.secure_agg.mode, self.secure_agg.mode)
     dp = DpTraining(self.privacy, self.algorithm, data, self.rounds,
-                    self.clients_per_round, self.batch_size, self.local_epochs, log)
+                    self.clients_per_round, self.batch_size, self.local_epochs, log,
+                    aggregation=aggregation,
+                    colluders=(self.secure_agg.colluders_for(
+                        self.secure_agg.threshold_for(cohort_size))
+                               if aggregation == 'masking' else 0))
     if self.secure_agg.mode == 'tff' and self.privacy.level == 'client':
       ddp_factory(dp.noise_multiplier, self.clients_per_round or len(data.hospitals),
                   self.secure_agg.bits)  # Fails now if TFF refuses the cohort.
@@ -118,7 +124,8 @@ def _flat_eval(evaluation: dict) -> dict:
 
 
 class _Progress:
-  """Prints one line per round: round, loss, elapsed and estimated time left."""
+  """Prints one line per round: round, training loss (where released), elapsed
+  and estimated time left."""
 
   def __init__(self, rounds: int, log: Callable[[str], None]):
     self._rounds, self._log, self._start = rounds, log, time.monotonic()
@@ -129,11 +136,12 @@ class _Progress:
   def elapsed(self) -> float:
     return time.monotonic() - self._start
 
-  def round_done(self, round_num: int, loss: float, evaluation: dict | None) -> None:
+  def round_done(self, round_num: int, loss: float | None, evaluation: dict | None) -> None:
     elapsed = self.elapsed()
     left = elapsed / round_num * (self._rounds - round_num)
-    line = (f'round {round_num:4d}/{self._rounds}  loss {loss:.4f}  '
-            f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s')
+    line = (f'round {round_num:4d}/{self._rounds}  '
+            + (f'loss {loss:.4f}  ' if loss is not None else '')
+            + f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s')
     if evaluation:
       line += (f"  pooled acc {evaluation['pooled']['accuracy']:.3f} "
                f"auc {evaluation['pooled']['auc']:.3f}")
@@ -160,46 +168,42 @@ def _is_eval_round(round_num: int, config: TrainConfig) -> bool:
 def _build_processes(config, model_fn, dp, model_aggregator, num_hospitals):
   """(process for noised or ordinary rounds, process for un-noised rounds or None)."""
   secure = config.secure_agg
-  # Quantise for the largest possible cohort, so that no sum can wrap.
-  quantizer = secure.quantizer(num_hospitals) if secure.mode != 'none' else None
   if secure.mode == 'masking':
-    def masked(client_work, clip=None, noise_stddev=0.0):
+    def masked(client_work, clip=None, noise_multiplier=0.0):
       return MaskedLearningProcess(model_fn, client_work, server_optimizer(config.algorithm),
-                                   quantizer, secure.threshold, clip, noise_stddev)
+                                   secure, num_hospitals, clip, noise_multiplier)
     if dp and dp.config.level == 'record':
       return (masked(dp.client_work(model_fn)),
               None if dp.config.schedule == 'every_round'
               else masked(dp.client_work(model_fn, noised=False)))
     plain_work = tff.learning.templates.build_model_delta_client_work(
         model_fn, client_optimizer(config.algorithm), tff.learning.ClientWeighting.UNIFORM)
-    if dp:  # Hospital level: distributed Gaussian noise, added before masking.
-      clip = dp.config.l2_norm_clip
-      return masked(plain_work, clip, dp.noise_multiplier * clip), None
+    if dp:  # Hospital level: distributed discrete Gaussian noise, added before masking.
+      return masked(plain_work, dp.config.l2_norm_clip, dp.noise_multiplier), None
     return masked(plain_work), None
   if secure.mode == 'tff':
     if dp and dp.config.level == 'client':
       return dp.build_processes(model_fn, client_factory=ddp_factory(
           dp.noise_multiplier, config.clients_per_round or num_hospitals, secure.bits))
+    # Quantise for the largest possible cohort, so that no sum can wrap.
     model_aggregator = tff.aggregators.MeanFactory(
-        value_sum_factory=QuantizedSecureSumFactory(quantizer))
+        value_sum_factory=QuantizedSecureSumFactory(secure.quantizer(num_hospitals)))
   if dp:
     return dp.build_processes(model_fn, model_aggregator)
   return build_learning_process(config.algorithm, model_fn, model_aggregator), None
 
 
-def _aggregation_event(config, dp, process, output, cohort):
-  """Hospital-level DP event of a secure-aggregation round (None: TFF's own)."""
+def _server_event(config, dp, process, aggregator, cohort):
+  """Hospital-level DP event of a secure-aggregation round against the server
+  (None: central DP, whose event TFF's aggregator state holds)."""
   if not dp or dp.config.level != 'client' or config.secure_agg.mode == 'none':
     return None
   if config.secure_agg.mode == 'tff':
-    # TFF's distributed discrete Gaussian, accounted as the continuous Gaussian
-    # of the same noise multiplier (the approximation of Kairouz et al., 2021).
-    return dp_accounting.GaussianDpEvent(dp.noise_multiplier)
-  aggregator = output.metrics['aggregator']
+    return dp_accounting.GaussianDpEvent(dp.noise_multiplier * dp.server_noise_factor)
   if aggregator['aborted']:
     return dp_accounting.NoOpDpEvent()  # Nothing was released.
-  return dp_accounting.GaussianDpEvent(process.round_noise_multiplier(
-      aggregator['survivors'], len(cohort), dp.config.l2_norm_clip))
+  return dp_accounting.GaussianDpEvent(
+      process.round_noise_multiplier(aggregator['survivors'], len(cohort)))
 
 
 def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, progress, dp):
@@ -219,16 +223,18 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
     round_start = time.monotonic()
     cohort = list(data.hospitals)
     if dp and dp.config.level == 'client':
-      cohort = dp.cohort(rng, cohort)
+      cohort = dp.cohort(cohort)
     elif 0 < config.clients_per_round < len(cohort):
       cohort = sorted(rng.choice(cohort, config.clients_per_round, replace=False).tolist())
-    if dp and (after := dp.would_exceed_budget(cohort, round_num)) is not None:
+    if dp and (after := dp.would_exceed_budget(cohort, round_num, state)) is not None:
       stopped = {'stopped_early': True, 'rounds_completed': round_num - 1,
-                 'reason': f'round {round_num} would raise epsilon to {after:.4g}, above '
-                           f'--max_epsilon={dp.config.max_epsilon}; stopped before it'}
+                 'reason': f'round {round_num} could raise epsilon to {after:.4g} (its worst '
+                           f'case), above --max_epsilon={dp.config.max_epsilon}; stopped '
+                           'before it'}
       progress.log(f"privacy budget: {stopped['reason']}")
       break
     metrics = {'clients_in_round': len(cohort)}
+    client_work = {}
     if cohort:
       round_process = process if not dp or dp.is_noised(round_num) else plain_process
       datasets = [dp.client_dataset(h) if dp and dp.config.level == 'record' else
@@ -246,20 +252,25 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
                        f"{aggregator.pop('reason')}")
         else:
           secure_record['bytes_per_client'].append(aggregator['bytes_per_client'])
+          if round_process.planned_noise_multiplier:
+            secure_record['noise_approximation_tau'] = max(
+                secure_record.get('noise_approximation_tau', 0.0),
+                round_process.tau(aggregator['survivors'], len(cohort)))
+        client_work = output.metrics['client_work_unprotected']
       else:
         output = round_process.next(state, datasets)
         output.metrics['aggregator']['bytes_per_client'] = wire_bytes
         secure_record['bytes_per_client'].append(wire_bytes)
+        client_work = output.metrics['client_work']
       state = output.state
-      train = output.metrics['client_work']['train']
-      metrics['train'] = {k: float(train[k]) for k in ('loss', 'accuracy', 'auc')}
+      metrics['train'] = {k: float(client_work['train'][k]) for k in ('loss', 'accuracy', 'auc')}
       metrics['aggregator'] = _scalar_leaves(output.metrics['aggregator'])
     if dp:
-      dp.record_round(cohort, round_num, state,
-                      noisy_steps=output.metrics['client_work'].get('noisy_steps')
-                      if cohort else None,
-                      aggregation_event=_aggregation_event(config, dp, round_process, output,
-                                                           cohort) if cohort else None)
+      dp.record_round(cohort, round_num, state, noisy_steps=client_work.get('noisy_steps'),
+                      server_event=_server_event(config, dp, round_process,
+                                                 metrics['aggregator'], cohort)
+                      if cohort else None)
+      metrics = dp.releasable(metrics)
       metrics['privacy'] = dp.epsilons()
     metrics['round_seconds'] = time.monotonic() - round_start
     evaluation = None
@@ -269,7 +280,7 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       metrics['eval'] = _flat_eval(evaluation)
     if outputs:
       outputs.release(metrics, round_num)
-    progress.round_done(round_num, metrics.get('train', {}).get('loss', math.nan), evaluation)
+    progress.round_done(round_num, metrics.get('train', {}).get('loss'), evaluation)
   if evaluation is None:  # Stopped early: evaluate the model as it stands.
     process.get_model_weights(state).assign_weights_to(global_model)
     evaluation = evaluate(global_model, data)
@@ -333,9 +344,27 @@ def _secure_summary(secure: SecureAggConfig, record: dict) -> dict:
   sent = record['bytes_per_client']
   return {'mode': secure.mode,
           **({'bits': secure.bits, 'clip': secure.clip} if secure.mode != 'none' else {}),
-          **({'threshold': secure.threshold or 'ceil(2n/3)', 'dropouts': record['dropouts'],
+          **({'threshold': secure.threshold or 'max(2, ceil(2n/3))',
+              'colluders': 't-2' if secure.colluders is None else secure.colluders,
+              'dropouts': record['dropouts'],
               'aborted_rounds': record['aborted_rounds']} if secure.mode == 'masking' else {}),
+          **({'noise_approximation_tau': record['noise_approximation_tau']}
+             if 'noise_approximation_tau' in record else {}),
           'bytes_per_client': float(np.mean(sent)) if sent else math.nan}
+
+
+def _no_privacy(config: TrainConfig, data: FederatedData) -> dict:
+  """The privacy block of a run without DP: no epsilon, and what it releases."""
+  in_clear = ('in the clear to the server' if config.secure_agg.mode == 'none' else
+              f'through --secure_agg={config.secure_agg.mode}, no DP')
+  return {'level': 'none', 'epsilon': math.inf,
+          'statement': 'no differential privacy: the model, its training metrics and the '
+                       'hospitals\' updates depend on every record without any bound',
+          'released': {
+              'model updates': f'not protected ({in_clear})',
+              'model weights, training and test metrics, hospital names and sizes':
+                  'not protected',
+              'preprocessing': f"not protected: {data.preprocessing.get('source', '')}"}}
 
 
 def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
@@ -390,7 +419,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       'per_hospital': {h: {**evaluation['per_hospital'][h], 'num_train': data.num_train(h)}
                        for h in data.hospitals},
       **({'local_models': evaluation['local_models']} if 'local_models' in evaluation else {}),
-      **({'privacy': dp.ledger.report()} if dp else {}),
+      'privacy': ({**dp.report(), 'released': dp.released()} if dp
+                  else _no_privacy(config, data)),
       **(stopped or ({'stopped_early': False} if dp else {})),
       **({'secure_aggregation': _secure_summary(config.secure_agg, secure_record)}
          if secure_record else {}),

@@ -65,24 +65,46 @@ def epsilon(events: Sequence[dp_accounting.DpEvent], delta: float, accountant: s
   return float(acc.get_epsilon(delta))
 
 
+DELTA_MARGIN = 10  # delta must be at most 1 / (DELTA_MARGIN x the unit count).
+
+
 def default_record_delta(num_train_rows: Mapping[str, int]) -> float:
-  """The largest power of ten strictly below 1 / (the largest hospital's rows)."""
+  """The largest power of ten at most 1 / (10 x the largest hospital's rows)."""
   if not num_train_rows or min(num_train_rows.values()) < 1:
     raise ValueError(f'every hospital needs at least one training row: {dict(num_train_rows)}')
-  # 10**-d with d the digit count of n: 199 rows -> 1e-3, 1000 rows -> 1e-4.
-  return 10.0 ** -len(str(max(num_train_rows.values())))
+  # 10**-(d + 1) with d the digit count of n: 199 rows -> 1e-4, 1000 rows -> 1e-5.
+  return 10.0 ** -(len(str(max(num_train_rows.values()))) + 1)
 
 
 def check_record_delta(delta: float, num_train_rows: Mapping[str, int]) -> None:
-  """Raises ValueError naming `--target_delta` unless 0 < delta < 1 / n_k for
-  every hospital k (n_k its training rows): a larger delta could leak a record."""
+  """Raises ValueError naming `--target_delta` unless 0 < delta <= 1 / (10 n_k) for
+  every hospital k (n_k its training rows): a delta near 1 / n_k allows the
+  mechanism to release one of n_k records outright."""
   if not 0 < delta < 1:
     raise ValueError(f'--target_delta={delta}: must be in (0, 1)')
   for hospital, rows in sorted(num_train_rows.items(), key=lambda item: -item[1]):
-    if delta >= 1 / rows:
-      raise ValueError(f'--target_delta={delta}: must be below 1/{rows} because hospital '
-                       f'{hospital!r} has {rows} training rows (default: '
+    if delta > 1 / (DELTA_MARGIN * rows):
+      raise ValueError(f'--target_delta={delta}: must be at most 1/({DELTA_MARGIN} x {rows}) '
+                       f'because hospital {hospital!r} has {rows} training rows (default: '
                        f'{default_record_delta(num_train_rows):g})')
+
+
+def check_hospital_delta(delta: float, num_hospitals: int) -> None:
+  """Raises ValueError naming `--target_delta` unless 0 < delta <= 1 / (10 N) for
+  N hospitals (hospital-level DP: each hospital's whole dataset is one unit)."""
+  if not 0 < delta <= 1 / (DELTA_MARGIN * num_hospitals):
+    raise ValueError(f'--target_delta={delta}: hospital-level DP needs 0 < delta <= '
+                     f'1/({DELTA_MARGIN} x {num_hospitals} hospitals) = '
+                     f'{1 / (DELTA_MARGIN * num_hospitals):.3g}')
+
+
+def substitution_bound(eps: float, delta: float) -> tuple[float, float]:
+  """(epsilon, delta) when a unit is replaced rather than added or removed: a
+  replacement is a removal then an addition, so group privacy for two changes
+  gives (2 eps, (1 + e^eps) delta). Used where unit counts are released."""
+  if math.isinf(eps):
+    return math.inf, delta
+  return 2 * eps, min(1.0, (1 + math.exp(eps)) * delta)
 
 
 def calibrate_noise_multiplier(
@@ -164,6 +186,13 @@ class PrivacyLedger:
       events = [dp_accounting.SelfComposedDpEvent(event, count) for event, count in merged]
       self._cache[unit] = (merged, epsilon(events, self._delta, self._accountant))
     return self._cache[unit][1]
+
+  def joint_epsilon(self) -> float:
+    """Epsilon of every unit's events composed together: one person who is a unit
+    at every hospital (record level: a patient with records everywhere)."""
+    events = [dp_accounting.SelfComposedDpEvent(event, count)
+              for counted in self._events.values() for event, count in counted]
+    return epsilon(events, self._delta, self._accountant)
 
   def max_epsilon(self, pending: Mapping[str, Sequence[dp_accounting.DpEvent]] =
                   MappingProxyType({})) -> float:

@@ -1,15 +1,29 @@
 """Differentially private federated training: the learning process, who takes part
 each round, and the DP events each round really produces, for both levels.
 
-- `record`: DP-SGD inside each hospital (`dp_sgd.py`). Accounting unit: each
-  hospital; its event per round it joins is dp_sgd_event(batch_size / n_k,
-  noise_multiplier, local steps). Hospitals are chosen as without DP.
-- `client`: DP-FedAvg, `tff.aggregators.DifferentiallyPrivateFactory` over
-  hospitals' model deltas (`build_unweighted_fed_avg` / `_fed_prox`). Every
-  hospital joins a round independently with probability q = clients_per_round /
-  num_hospitals (Poisson sampling, as the accountant assumes; q = 1 when all join
-  every round). Accounting unit: the study; its event per round is TFF's own
-  DP event of the aggregation, Poisson-sampled with q.
+- `record`: DP-SGD inside each hospital (`dp_sgd.py`). Unit: one patient record
+  at one hospital; its hospital's event per round it joins is
+  dp_sgd_event(batch_size / n_k, noise_multiplier, local steps). The noise is
+  added inside the hospital, so the epsilon holds against everyone who sees the
+  hospital's updates, the server included. Hospitals are chosen as without DP.
+- `client`: hospital-level DP; unit: one hospital's whole dataset. Three
+  aggregations, each with its own adversaries (`ADVERSARIES`):
+  - `central` (`--secure_agg=none`): DP-FedAvg with
+    `tff.aggregators.DifferentiallyPrivateFactory`; the server sees clear
+    updates, so nothing is claimed against it. Observers of the released models
+    get epsilon from TFF's own DP event per round, amplified by Poisson sampling
+    of hospitals (probability q = clients_per_round / hospitals) because the
+    cohort is drawn from OS randomness and neither its members nor its size is
+    released.
+  - `masking`: each hospital adds its noise share before masking; against the
+    server plus up to `colluders` hospitals, a hospital is charged, for each
+    round it joined, a Gaussian event with the noise the honest survivors
+    other than itself really carried (no amplification: the server sees the
+    cohort). Observers as above.
+  - `tff`: TFF's distributed-DP aggregator on a cohort of fixed size m (each
+    local share is sized for m, so the realised cohort carries the planned
+    noise); against the server plus `colluders` hospitals, noise multiplier
+    sigma * sqrt((m - colluders - 1) / m). No amplification is claimed.
 
 Schedules (record level): `every_round` noises every round; `first_round` and
 `every_n` (noise in rounds 1, 1 + N, 1 + 2N, ...) train the other rounds
@@ -18,10 +32,11 @@ the accountant records a NonPrivateDpEvent and epsilon is infinite.
 """
 
 import dataclasses
+import math
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 
 import dp_accounting
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import differential_privacy as tff_dp
@@ -36,19 +51,33 @@ from tff_med.privacy import dp_sgd
 LEVELS = ('none', 'record', 'client')
 SCHEDULES = ('every_round', 'first_round', 'every_n')
 CLIPPINGS = ('fixed', 'adaptive')
-STUDY = 'all hospitals'  # The accounting unit of hospital-level DP.
+AGGREGATIONS = ('central', 'masking', 'tff')
+STUDY = 'all hospitals'  # The unit of an amplified view: every hospital alike.
+# Who each epsilon is against.
+ADVERSARIES = {
+    'everyone': 'anyone who sees the hospital\'s model updates and every released model, '
+                'the server included',
+    'server': 'the aggregation server, which sees which hospitals joined each round and '
+              'every message of the aggregation, colluding with up to {colluders} '
+              'hospital(s)',
+    'observers': 'anyone who sees the released models only (not the server, not the '
+                 'cohorts)',
+}
+_UNIT = {'record': 'one patient record at one hospital',
+         'client': "one hospital's whole training dataset"}
 
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyConfig:
-  """`level`: none, record (DP-SGD per hospital) or client (DP-FedAvg).
+  """`level`: none, record (DP-SGD per hospital) or client (hospital level).
   `noise_multiplier`: noise std / clip (None: calibrated from `target_epsilon`).
   `l2_norm_clip`: per-example (record) or per-hospital update (client) L2 clip;
   the initial clip with adaptive clipping. `target_delta`: None = default
-  (record: largest power of ten below 1 / largest hospital's training rows;
-  client: 1e-3). `max_epsilon`: budget; training stops before a round that
-  would exceed it. `accountant`: rdp or pld. `clipping`: client level, fixed or
-  adaptive. `schedule`, `every`: record level, which rounds are noised."""
+  (record: largest power of ten at most 1 / (10 x the largest hospital's training
+  rows); client: 1e-3). `max_epsilon`: budget; training stops before a round
+  whose worst case would exceed it. `accountant`: rdp or pld. `clipping`: client
+  level, fixed or adaptive. `schedule`, `every`: record level, which rounds are
+  noised."""
   level: str = 'none'
   noise_multiplier: float | None = None
   l2_norm_clip: float = 1.0
@@ -61,13 +90,27 @@ class PrivacyConfig:
   every: int = 1
 
 
+@dataclasses.dataclass
+class _View:
+  """One adversary's accounting: its ledger, the noise factor of a worst-case
+  round relative to the noise multiplier, and whether hospital sampling is
+  claimed to amplify privacy against it."""
+  ledger: accounting.PrivacyLedger | None
+  amplified: bool = False
+
+
 class DpTraining:
   """Everything level-specific in a DP run. Construct before training: it
-  validates the flags and calibrates the noise, raising ValueError naming the flag."""
+  validates the flags and calibrates the noise, raising ValueError naming the flag.
+
+  `aggregation` (hospital level): 'central', 'masking' or 'tff' (see the module
+  docstring); `colluders`: hospitals assumed to collude with the server
+  (secure aggregations only)."""
 
   def __init__(self, config: PrivacyConfig, algorithm: AlgorithmConfig, data: FederatedData,
                rounds: int, clients_per_round: int, batch_size: int, local_epochs: int,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, aggregation: str = 'central',
+               colluders: int = 0):
     self.config = config
     self._algorithm = algorithm
     self._data = data
@@ -77,6 +120,8 @@ class DpTraining:
     self._num_train = {h: data.num_train(h) for h in data.hospitals}
     num_hospitals = len(data.hospitals)
     self._cohort_size = clients_per_round or num_hospitals
+    self.aggregation = aggregation
+    self.colluders = colluders
     self._check_flags()
     if config.level == 'record':
       self.delta = (config.target_delta if config.target_delta is not None
@@ -86,9 +131,7 @@ class DpTraining:
                              for h, n in self._num_train.items()}
     else:
       self.delta = config.target_delta if config.target_delta is not None else 1e-3
-      if not 0 < self.delta < 1 / num_hospitals:
-        raise ValueError(f'--target_delta={self.delta}: hospital-level DP needs 0 < delta '
-                         f'< 1 / number of hospitals = {1 / num_hospitals:.3g}')
+      accounting.check_hospital_delta(self.delta, num_hospitals)
       self.sampling_rates = {STUDY: self._cohort_size / num_hospitals}
     if (config.level == 'client' and config.clipping == 'adaptive'
         and config.accountant == 'pld' and self.sampling_rates[STUDY] < 1):
@@ -99,13 +142,13 @@ class DpTraining:
       self.noise_multiplier = accounting.calibrate_noise_multiplier(
           config.target_epsilon, self.delta, config.accountant, self._planned_event_fns())
       log(f'calibrated noise multiplier {self.noise_multiplier:.4f} for epsilon '
-          f'{config.target_epsilon} at delta {self.delta:g} ({config.accountant})')
+          f'{config.target_epsilon} at delta {self.delta:g} ({config.accountant}, worst '
+          'case of every round)')
     # Built now so that TFF's refusals (e.g. adaptive clipping on a small cohort)
     # come before training.
-    self._factory = self._client_level_factory() if config.level == 'client' else None
-    self.ledger = accounting.PrivacyLedger(
-        config.level, config.accountant, self.delta, self.noise_multiplier,
-        config.l2_norm_clip, self.sampling_rates)
+    self._factory = (self._client_level_factory()
+                     if config.level == 'client' and aggregation == 'central' else None)
+    self.views = self._views()
 
   def _check_flags(self) -> None:
     c = self.config
@@ -121,12 +164,23 @@ class DpTraining:
       raise ValueError(f'--l2_norm_clip={c.l2_norm_clip}: must be positive')
     if c.max_epsilon is not None and not c.max_epsilon > 0:
       raise ValueError(f'--max_epsilon={c.max_epsilon}: must be positive')
+    if (c.max_epsilon is not None and c.target_epsilon is not None
+        and c.max_epsilon < c.target_epsilon):
+      raise ValueError(f'--max_epsilon={c.max_epsilon} is below --target_epsilon='
+                       f'{c.target_epsilon}: the run would stop before its planned rounds')
     if c.schedule not in SCHEDULES:
       raise ValueError(f'--dp_schedule={c.schedule!r}: choose one of {SCHEDULES}')
     if c.schedule == 'every_n' and c.every < 1:
       raise ValueError(f'--dp_every={c.every}: must be at least 1')
     if c.clipping not in CLIPPINGS:
       raise ValueError(f'--dp_clipping={c.clipping!r}: choose one of {CLIPPINGS}')
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f'aggregation {self.aggregation!r}: one of {AGGREGATIONS}')
+    if self._data.preprocessing.get('data_dependent', True):
+      raise ValueError(
+          f"--dp={c.level} needs features scaled without statistics of the records: the "
+          f"data were scaled by {self._data.preprocessing.get('scaling', 'an unknown method')}"
+          ' (use --scaling=public_ranges, with --feature_ranges for CSV files)')
     if c.level == 'record':
       if self._algorithm.name == 'fedprox':
         raise ValueError('--dp=record runs DP-SGD on each hospital, which has no '
@@ -139,17 +193,55 @@ class DpTraining:
       raise ValueError(f'--dp_schedule={c.schedule} applies to --dp=record; hospital-level '
                        'DP noises every round')
 
+  # Who is protected against whom.
+  @property
+  def _amplified(self) -> bool:
+    """Hospital sampling amplifies privacy against observers: client level, a
+    Poisson cohort (not TFF's fixed-size one) with q < 1, drawn from OS randomness."""
+    return (self.config.level == 'client' and self.aggregation != 'tff'
+            and self.sampling_rates[STUDY] < 1)
+
+  @property
+  def server_noise_factor(self) -> float:
+    """Noise multiplier of a worst-case round against the server, in units of the
+    noise multiplier: masking sizes each share for its worst round (1); TFF's
+    aggregator splits the noise over m shares, of which m - colluders - 1 are
+    honest and not the target's own."""
+    if self.aggregation != 'tff':
+      return 1.0
+    m = self._cohort_size
+    return math.sqrt(max(0, m - self.colluders - 1) / m)
+
+  def _views(self) -> dict[str, _View]:
+    """Adversary name -> its accounting (ledger None: nothing is claimed)."""
+    c = self.config
+    ledger = lambda rates: accounting.PrivacyLedger(
+        c.level, c.accountant, self.delta, self.noise_multiplier, c.l2_norm_clip, rates)
+    per_hospital = dict.fromkeys(self._data.hospitals, 1.0)
+    if c.level == 'record':
+      return {'everyone': _View(ledger(self.sampling_rates))}
+    views = {'server': _View(None if self.aggregation == 'central' else ledger(per_hospital))}
+    if self._amplified:
+      views['observers'] = _View(ledger(self.sampling_rates), amplified=True)
+    elif self.aggregation == 'central':
+      views['observers'] = _View(ledger(per_hospital))
+    return views
+
   def _planned_event_fns(self) -> dict[str, Callable[[float], dp_accounting.DpEvent]]:
-    """Per unit: noise multiplier -> the event of the whole planned run (record
-    level: the hospital joins every round, an upper bound)."""
+    """Per adversary and unit: noise multiplier -> the event of the whole planned
+    run in its worst case (every unit joins every round; the fewest survivors)."""
+    rounds = self._rounds
     if self.config.level == 'record':
       return {h: (lambda sigma, h=h: accounting.dp_sgd_event(
-          self.sampling_rates[h], sigma, self._rounds * self._steps(h)))
-              for h in self._num_train}
+          self.sampling_rates[h], sigma, rounds * self._steps(h))) for h in self._num_train}
     q = self.sampling_rates[STUDY]
-    return {STUDY: lambda sigma: dp_accounting.SelfComposedDpEvent(
-        accounting.sampled_round_event(dp_accounting.GaussianDpEvent(sigma), q),
-        self._rounds)}
+    fns = {'observers': lambda sigma: dp_accounting.SelfComposedDpEvent(
+        accounting.sampled_round_event(dp_accounting.GaussianDpEvent(sigma),
+                                       q if self._amplified else 1.0), rounds)}
+    if self.aggregation != 'central':
+      fns['server'] = lambda sigma: dp_accounting.SelfComposedDpEvent(
+          dp_accounting.GaussianDpEvent(sigma * self.server_noise_factor), rounds)
+    return fns
 
   def _steps(self, hospital: str) -> int:
     return dp_sgd.local_steps(self._num_train[hospital], self._batch_size, self._local_epochs)
@@ -215,61 +307,218 @@ class DpTraining:
           'round.') from e
 
   # Rounds.
-  def cohort(self, rng: np.random.Generator, hospitals: Sequence[str]) -> list[str]:
-    """Hospitals of one round (client level: independent Poisson draws)."""
-    q = self.sampling_rates.get(STUDY)
-    if self.config.level == 'client' and q < 1:
-      return [h for h in hospitals if rng.random() < q]
-    return list(hospitals)
+  def cohort(self, hospitals: Sequence[str]) -> list[str]:
+    """Client level: the hospitals of one round, drawn from OS randomness (never
+    the experiment seed), so that the cohort is secret from whoever does not see
+    the round: independent Poisson draws with q, or (TFF's aggregator, whose
+    noise shares are sized for m) exactly m hospitals."""
+    draw = secrets.SystemRandom()
+    if self.aggregation == 'tff':
+      return sorted(draw.sample(list(hospitals), self._cohort_size))
+    q = self.sampling_rates[STUDY]
+    return [h for h in hospitals if q == 1 or draw.random() < q]
 
   def client_dataset(self, hospital: str) -> tf.data.Dataset:
     """Record level: all of a hospital's records in one batch (DP-SGD samples them)."""
     return (self._data.train.create_tf_dataset_for_client(hospital)
             .batch(self._num_train[hospital]))
 
-  def round_events(self, cohort: Sequence[str], round_num: int,
-                   aggregation_event: dp_accounting.DpEvent | None = None
-                   ) -> dict[str, list[dp_accounting.DpEvent]]:
-    """DP events of one round per unit. Client level: pass TFF's aggregation
-    event once the round ran (None before it: the planned Gaussian event)."""
-    if self.config.level == 'client':
-      event = aggregation_event or dp_accounting.GaussianDpEvent(self.noise_multiplier)
-      return {STUDY: [accounting.sampled_round_event(event, self.sampling_rates[STUDY])]}
-    if not self.is_noised(round_num):
-      return {h: [dp_accounting.NonPrivateDpEvent()] for h in cohort}
-    return {h: [accounting.dp_sgd_event(self.sampling_rates[h], self.noise_multiplier,
-                                        self._steps(h))] for h in cohort}
+  def _round_events(self, cohort: Sequence[str], round_num: int,
+                    server_event: dp_accounting.DpEvent | None = None,
+                    central_event: dp_accounting.DpEvent | None = None
+                    ) -> dict[str, dict[str, list[dp_accounting.DpEvent]]]:
+    """Adversary -> unit -> DP events of one round. Client level: `server_event`
+    (secure aggregations) is the Gaussian event of the noise the round's sum
+    carried against the server (None: the planned worst case); `central_event`
+    is TFF's DP event of the central aggregation."""
+    if self.config.level == 'record':
+      if not self.is_noised(round_num):
+        return {'everyone': {h: [dp_accounting.NonPrivateDpEvent()] for h in cohort}}
+      return {'everyone': {h: [accounting.dp_sgd_event(
+          self.sampling_rates[h], self.noise_multiplier, self._steps(h))] for h in cohort}}
+    planned = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+    aborted = isinstance(server_event, dp_accounting.NoOpDpEvent)
+    released = dp_accounting.NoOpDpEvent() if aborted else central_event or planned
+    events = {}
+    if self.aggregation != 'central':
+      server_event = server_event or dp_accounting.GaussianDpEvent(
+          self.noise_multiplier * self.server_noise_factor)
+      events['server'] = {h: [server_event] for h in cohort}
+    if self._amplified:
+      events['observers'] = {STUDY: [accounting.sampled_round_event(
+          released, self.sampling_rates[STUDY])]}
+    elif self.aggregation == 'central':
+      events['observers'] = {h: [released] for h in cohort}
+    return events
 
-  def would_exceed_budget(self, cohort: Sequence[str], round_num: int) -> float | None:
-    """The worst epsilon after this round if it exceeds --max_epsilon, else None."""
+  def _max_epsilon(self, pending: Mapping[str, Mapping[str, list]] | None = None) -> float:
+    pending = pending or {}
+    return max(view.ledger.max_epsilon(pending.get(name, {}))
+               for name, view in self.views.items() if view.ledger)
+
+  def would_exceed_budget(self, cohort: Sequence[str], round_num: int,
+                          state=None) -> float | None:
+    """The epsilon after this round in its worst case (the fewest survivors a
+    secure aggregation allows; TFF's own DP event read from `state` for central
+    hospital-level DP) if it exceeds --max_epsilon, else None."""
     if self.config.max_epsilon is None:
       return None
-    after = self.ledger.max_epsilon(self.round_events(cohort, round_num))
+    after = self._max_epsilon(self._round_events(cohort, round_num,
+                                                 central_event=self._central_event(state)))
     return after if after > self.config.max_epsilon else None
+
+  def _central_event(self, state) -> dp_accounting.DpEvent | None:
+    if self.config.level != 'client' or self.aggregation != 'central' or state is None:
+      return None
+    try:
+      return tff_dp.extract_dp_event_from_state(state.aggregator)
+    except tff_dp.ExtractingDpEventFromInitialStateError:
+      # Before round 1 TFF holds a placeholder; its queries' event composes to
+      # the planned Gaussian (fixed clipping: exactly; adaptive: in RDP).
+      return None
 
   def record_round(self, cohort: Sequence[str], round_num: int, state=None,
                    noisy_steps: int | None = None,
-                   aggregation_event: dp_accounting.DpEvent | None = None) -> None:
-    """Records the round that ran. Client level: the aggregation's DP event is
-    `aggregation_event` if given, else read from TFF's DP aggregator `state`.
-    Record level: checks the client work's own count of noisy steps against the
-    accounted ones."""
-    if self.config.level == 'client':
-      event = aggregation_event
-      if cohort and event is None:
-        event = tff_dp.extract_dp_event_from_state(state.aggregator)
-      for unit, events in self.round_events(cohort, round_num, event).items():
-        self.ledger.record(unit, events[0])
-      return
-    events = self.round_events(cohort, round_num)
-    expected = sum(self._steps(h) for h in cohort)
-    if noisy_steps is not None and noisy_steps != expected:
-      raise RuntimeError(f'round {round_num}: hospitals took {noisy_steps} DP-SGD steps, '
-                         f'accounting expected {expected}')
-    for h in cohort:
-      self.ledger.record(h, events[h][0], steps=self._steps(h) if self.is_noised(round_num) else 0)
+                   server_event: dp_accounting.DpEvent | None = None) -> None:
+    """Records the round that ran. Client level: `server_event` is the secure
+    aggregation's realised event (NoOp if it aborted); central DP reads TFF's
+    event from `state`. Record level: checks the client work's own count of noisy
+    steps against the accounted ones."""
+    if self.config.level == 'record':
+      expected = sum(self._steps(h) for h in cohort) if self.is_noised(round_num) else 0
+      if noisy_steps is not None and self.is_noised(round_num) and noisy_steps != expected:
+        raise RuntimeError(f'round {round_num}: hospitals took {noisy_steps} DP-SGD steps, '
+                           f'accounting expected {expected}')
+    events = self._round_events(cohort, round_num, server_event, self._central_event(state))
+    for name, per_unit in events.items():
+      for unit, unit_events in per_unit.items():
+        steps = (self._steps(unit) if self.config.level == 'record'
+                 and self.is_noised(round_num) else int(self.config.level == 'client'))
+        self.views[name].ledger.record(unit, unit_events[0], steps=steps)
 
   def epsilons(self) -> dict:
-    """{'epsilon': worst unit, 'per_hospital': {unit: epsilon}} for TensorBoard."""
-    per_unit = {u: self.ledger.epsilon(u) for u in self.sampling_rates}
-    return {'epsilon': max(per_unit.values()), 'per_hospital': per_unit}
+    """{'epsilon': the largest claimed, 'by_adversary': {name: epsilon}} for TensorBoard."""
+    by_adversary = {name: view.ledger.max_epsilon() for name, view in self.views.items()
+                    if view.ledger}
+    return {'epsilon': max(by_adversary.values()), 'by_adversary': by_adversary}
+
+  # What the summary says.
+  def adjacency(self) -> str:
+    unit = 'one record of one hospital' if self.config.level == 'record' else 'one hospital'
+    return (f'add or remove {unit} (the accountants\' relation); the summary releases '
+            'hospital names and training sizes, which makes the honest relation '
+            f'"replace {unit}": see substitution')
+
+  def approximations(self) -> list[str]:
+    notes = []
+    if self.config.level == 'client' and self.aggregation == 'tff':
+      notes.append("TFF's distributed aggregator adds distributed Skellam noise and "
+                   'tunes its clip with a private quantile estimate; it is accounted as '
+                   'a Gaussian of the same noise multiplier, which TFF itself states is '
+                   'not exact; the secure sum itself runs as a plain sum in this '
+                   'simulation, so the server epsilon assumes a real secure sum')
+    if self.config.level == 'client' and self.aggregation == 'masking':
+      notes.append('the masked sum of discrete Gaussian noise shares is accounted as a '
+                   'continuous Gaussian of the same std; it differs from one discrete '
+                   'Gaussian by at most tau (Kairouz, Liu, Steinke 2021), reported as '
+                   'secure_aggregation.noise_approximation_tau')
+    return notes
+
+  def report(self) -> dict:
+    """The guarantee so far: unit, adjacency, each adversary's epsilon, the
+    substitution bound of the largest, and a statement in words."""
+    c = self.config
+    adversaries = {}
+    for name, view in self.views.items():
+      who = ADVERSARIES[name].format(colluders=self.colluders)
+      if view.ledger is None:
+        adversaries[name] = {'who': who, 'protected': False,
+                             'why': 'central DP: the server adds the noise, so it sees '
+                                    "each hospital's clear update"}
+        continue
+      ledger = view.ledger.report()
+      adversaries[name] = {'who': who, 'protected': True, 'epsilon': ledger['epsilon'],
+                           'amplified_by_hospital_sampling': view.amplified,
+                           'per_unit': ledger['per_hospital'],
+                           'non_private_rounds': ledger['non_private_rounds']}
+    headline = max((n for n in adversaries if adversaries[n]['protected']),
+                   key=lambda n: adversaries[n]['epsilon'])
+    eps = adversaries[headline]['epsilon']
+    sub_eps, sub_delta = accounting.substitution_bound(eps, self.delta)
+    report = {
+        'level': c.level, 'unit': _UNIT[c.level], 'adjacency': self.adjacency(),
+        'accountant': c.accountant, 'epsilon': eps, 'delta': self.delta,
+        'epsilon_adversary': headline,
+        'noise_multiplier': self.noise_multiplier,
+        'l2_norm_clip': (None if c.level == 'client' and self.aggregation == 'tff'
+                         else c.l2_norm_clip),
+        'per_hospital': adversaries[headline]['per_unit'],
+        'non_private_rounds': adversaries[headline]['non_private_rounds'],
+        'adversaries': adversaries,
+        'substitution': {'epsilon': sub_eps, 'delta': sub_delta},
+        'approximations': self.approximations(),
+    }
+    if c.level == 'record':
+      report['patient_at_every_hospital_epsilon'] = self.views['everyone'].ledger.joint_epsilon()
+    report['statement'] = self._statement(report)
+    return report
+
+  def _statement(self, report: dict) -> str:
+    """The guarantee in words: unit, adjacency, adversary, and its limits."""
+    eps, delta = report['epsilon'], self.delta
+    ledger_statement = self.views[report['epsilon_adversary']].ledger.report()['statement']
+    if not math.isfinite(eps):
+      return ledger_statement
+    parts = [f"{ledger_statement}; unit: {report['unit']}; against "
+             f"{report['adversaries'][report['epsilon_adversary']]['who']}"]
+    for name, adversary in report['adversaries'].items():
+      if name == report['epsilon_adversary']:
+        continue
+      parts.append(f"against {adversary['who']}: " + (
+          f"ε={adversary['epsilon']:.3g}" + (' (amplified by secret hospital sampling)'
+                                            if adversary['amplified_by_hospital_sampling']
+                                            else '')
+          if adversary['protected'] else f"not protected ({adversary['why']})"))
+    parts.append(f"if one {'record' if self.config.level == 'record' else 'hospital'} is "
+                 f"replaced rather than added or removed: ε={report['substitution']['epsilon']:.3g}, "
+                 f"δ={report['substitution']['delta']:.3g}")
+    if self.config.level == 'record':
+      parts.append('epsilon is per hospital: a patient with records at several hospitals '
+                   'is protected by the composition of those hospitals\' guarantees (at '
+                   f"every hospital: ε={report['patient_at_every_hospital_epsilon']:.3g})")
+    else:
+      n = len(self._data.hospitals)
+      parts.append(f'with only {n} hospitals this is weak: ε={eps:.3g} lets an adversary\'s '
+                   f'odds that a given hospital took part grow by up to e^ε = '
+                   f'{math.exp(eps):.3g}x, and δ={delta:g} is not small against 1/{n}')
+    parts.extend(report['approximations'])
+    return '; '.join(parts)
+
+  def released(self) -> dict[str, str]:
+    """What a DP run releases, each with its protection."""
+    test = 'not protected: computed on held-out test records, which no epsilon covers'
+    cohort = ('not released: hiding the cohort is what amplification by hospital '
+              'sampling needs' if self._amplified else
+              'not protected: chosen without looking at records (public)')
+    return {
+        'model weights (saved_model, every round to the server)': f'accounted DP ({self.config.level} level)',
+        'epsilon per round (TensorBoard, metrics.csv)': 'public: computed from the DP events only',
+        'test-set accuracy and AUC per hospital and pooled': test,
+        'training loss, accuracy and AUC': 'not released under DP (un-noised statistics of training records)',
+        'hospital names and training sizes (summary.json)': 'not protected: declared public (hence the substitution bound)',
+        'hospitals per round, dropouts, aborts': cohort,
+        'bytes per hospital, round seconds': 'not protected: depend on the model size and the machine, not on records',
+        'preprocessing': f"not protected and data-independent: {self._data.preprocessing.get('source', '')}",
+    }
+
+  def releasable(self, metrics: dict) -> dict:
+    """The round `metrics` with everything removed that `released` says is not released."""
+    kept = {k: v for k, v in metrics.items() if k not in ('train', 'clients_in_round')}
+    if not self._amplified:
+      kept['clients_in_round'] = metrics.get('clients_in_round')
+      if 'aggregator' in metrics:
+        kept['aggregator'] = {k: v for k, v in metrics['aggregator'].items()
+                              if k in ('bytes_per_client', 'aborted', 'survivors', 'dropped')}
+    elif 'aggregator' in metrics:
+      kept['aggregator'] = {'bytes_per_client': metrics['aggregator'].get('bytes_per_client')}
+    return {k: v for k, v in kept.items() if v is not None}

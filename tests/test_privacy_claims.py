@@ -1,0 +1,295 @@
+"""Attacks on the privacy statement of a run: who each epsilon is against, what
+is released, the worst case a round can produce, and the adjacency.
+
+Every epsilon is checked against dp_accounting called directly; every "not
+released" claim against the files a run writes, with neighbouring datasets.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import random
+
+import dp_accounting
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tff_med import training
+from tff_med.algorithms import AlgorithmConfig
+from tff_med.data.federated_data import FederatedData
+from tff_med.models import ModelConfig, build_keras_model
+from tff_med.privacy import substitution_bound
+from tff_med.privacy.dp_training import DpTraining, PrivacyConfig
+from tff_med.secure_agg.config import SecureAggConfig
+
+DELTA = 1e-3
+
+
+def _data(num_hospitals=4, rows=20, flip=None, preprocessing=None):
+  """Toy hospitals h0..; `flip` = (hospital, row): that training label flipped
+  (a neighbouring dataset under substitution of one record)."""
+  rng = np.random.default_rng(5)
+  train, test = {}, {}
+  for k in range(num_hospitals):
+    x = rng.normal(size=(2 * rows, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    train[f'h{k}'], test[f'h{k}'] = (x[:rows], y[:rows].copy()), (x[rows:], y[rows:])
+  if flip:
+    hospital, row = flip
+    train[hospital][1][row] = 1 - train[hospital][1][row]
+  return FederatedData.from_arrays('toy', train, test, preprocessing=preprocessing)
+
+
+def _keras_model():
+  return build_keras_model(ModelConfig('logreg'), (3,), seed=1)
+
+
+def _config(privacy, rounds=3, clients_per_round=0, client_lr=0.2, batch_size=5):
+  return training.TrainConfig(AlgorithmConfig('fedavg', client_lr=client_lr,
+                                              client_weighting='uniform'),
+                              rounds=rounds, batch_size=batch_size, eval_every=rounds,
+                              clients_per_round=clients_per_round, privacy=privacy)
+
+
+def _dp(privacy, data=None, clients_per_round=0, rounds=10, aggregation='central',
+        colluders=0):
+  return DpTraining(privacy, AlgorithmConfig('fedavg'), data or _data(10), rounds,
+                    clients_per_round, 5, 1, log=lambda line: None,
+                    aggregation=aggregation, colluders=colluders)
+
+
+def _direct(events, delta=DELTA, accountant=None):
+  accountant = accountant or dp_accounting.rdp.RdpAccountant()
+  for event in events:
+    accountant.compose(event)
+  return accountant.get_epsilon(delta)
+
+
+def _seed_everything(seed):
+  random.seed(seed)
+  np.random.seed(seed)
+  tf.keras.utils.set_random_seed(seed)
+
+
+def test_hospital_cohorts_come_from_os_randomness_not_the_seed():
+  """M2: a cohort replayed from the experiment seed would void amplification."""
+  privacy = PrivacyConfig('client', noise_multiplier=1.0, target_delta=DELTA)
+  draws = []
+  for _ in range(2):
+    _seed_everything(0)
+    dp = _dp(privacy, clients_per_round=5)
+    draws.append([tuple(dp.cohort(dp._data.hospitals)) for _ in range(40)])
+  assert draws[0] != draws[1]  # Equal with probability 2^-400 if drawn fairly.
+  sizes = [len(c) for c in draws[0]]
+  assert 0 < np.mean(sizes) < 10 and len(set(sizes)) > 1  # Poisson, not fixed size.
+
+
+def test_secure_aggregation_epsilon_against_the_server_is_per_hospital_and_unamplified():
+  """M2, M4: the server sees who joined; each hospital pays, for each round it
+  joined, the Gaussian event of the noise that round really carried; observers
+  of the released models get the Poisson-amplified epsilon."""
+  sigma, q_hospitals = 2.0, 4
+  privacy = PrivacyConfig('client', noise_multiplier=sigma, target_delta=DELTA)
+  dp = _dp(privacy, clients_per_round=q_hospitals, aggregation='masking', colluders=1)
+  rng = np.random.default_rng(1)
+  joined = {h: [] for h in dp._data.hospitals}
+  for round_num in range(1, 9):
+    cohort = [h for h in dp._data.hospitals if rng.random() < 0.4]
+    realised = sigma * math.sqrt(1 + rng.integers(0, 3))  # More survivors: more noise.
+    for h in cohort:
+      joined[h].append(dp_accounting.GaussianDpEvent(realised))
+    dp.record_round(cohort, round_num, server_event=dp_accounting.GaussianDpEvent(realised))
+  report = dp.report()
+  server = report['adversaries']['server']
+  assert 'colluding with up to 1 hospital' in server['who']
+  for h, events in joined.items():
+    assert server['per_unit'][h]['epsilon'] == pytest.approx(_direct(events), rel=1e-9)
+  observers = report['adversaries']['observers']
+  assert observers['amplified_by_hospital_sampling']
+  assert observers['epsilon'] == pytest.approx(_direct([dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(0.4, dp_accounting.GaussianDpEvent(sigma)), 8)]),
+                                               rel=1e-9)
+  # The headline is the strongest adversary's, and it is the unamplified one.
+  assert report['epsilon_adversary'] == 'server'
+  assert report['epsilon'] == max(s['epsilon'] for s in server['per_unit'].values())
+  assert report['epsilon'] > observers['epsilon']
+
+
+def test_central_dp_claims_nothing_against_the_server():
+  dp = _dp(PrivacyConfig('client', noise_multiplier=1.0, target_delta=DELTA),
+           clients_per_round=5)
+  for round_num in range(1, 4):
+    dp.record_round(dp.cohort(dp._data.hospitals), round_num)
+  report = dp.report()
+  assert report['adversaries']['server']['protected'] is False
+  assert report['epsilon_adversary'] == 'observers'
+  assert 'not protected (central DP' in report['statement']
+
+
+def test_tff_distributed_dp_has_a_fixed_cohort_and_counts_only_honest_shares():
+  """M3: TFF sizes each local share for m hospitals; a cohort of exactly m
+  carries that noise. The target's own share is left out (M4)."""
+  sigma, m = 3.0, 6
+  dp = _dp(PrivacyConfig('client', noise_multiplier=sigma, target_delta=DELTA),
+           clients_per_round=m, aggregation='tff')
+  assert {len(dp.cohort(dp._data.hospitals)) for _ in range(30)} == {m}
+  assert dp.server_noise_factor == pytest.approx(math.sqrt((m - 1) / m))
+  cohorts = [dp.cohort(dp._data.hospitals) for _ in range(5)]
+  for round_num, cohort in enumerate(cohorts, start=1):
+    dp.record_round(cohort, round_num)
+  report = dp.report()
+  event = dp_accounting.GaussianDpEvent(sigma * math.sqrt((m - 1) / m))
+  for h in dp._data.hospitals:
+    joined = sum(h in c for c in cohorts)
+    assert report['adversaries']['server']['per_unit'][h]['epsilon'] == pytest.approx(
+        _direct([event] * joined), rel=1e-9)
+  assert 'observers' not in report['adversaries']  # No amplification is claimed.
+  assert report['l2_norm_clip'] is None  # TFF clips adaptively on its own.
+  assert any('not exact' in a for a in report['approximations'])
+  assert 'not exact' in report['statement']
+
+
+def test_calibration_is_for_the_server_worst_case():
+  """M1 (TFF path): the calibrated sigma meets the target against the server."""
+  m, rounds = 6, 10
+  dp = _dp(PrivacyConfig('client', target_epsilon=2.0, target_delta=DELTA),
+           clients_per_round=m, aggregation='tff', rounds=rounds)
+  worst = _direct([dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(
+      dp.noise_multiplier * math.sqrt((m - 1) / m)), rounds)])
+  assert worst <= 2.0 + 1e-9
+  assert worst == pytest.approx(2.0, rel=0.02)
+
+
+def test_dp_refuses_data_scaled_with_statistics_of_the_records():
+  """M6: z-scoring with a hospital's own mean and std moves every record when
+  one is removed, which no epsilon covers."""
+  data = _data(preprocessing={'scaling': 'zscore', 'data_dependent': True,
+                              'source': 'per-hospital training mean and std'})
+  with pytest.raises(ValueError, match='--scaling=public_ranges'):
+    _dp(PrivacyConfig('record', noise_multiplier=1.0, target_delta=DELTA), data=data)
+
+
+def _released(tmp_path, name, data, privacy, **config):
+  out = tmp_path / name
+  summary = training.run(data, _keras_model, _config(privacy, **config), output_dir=str(out),
+                         log=lambda line: None)
+  with open(out / 'metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  return summary, rows
+
+
+def test_under_dp_no_statistic_of_training_records_is_released(tmp_path):
+  """M5: neighbouring datasets (one training label flipped) with a learning
+  rate so small that the DP model cannot move: every released per-round value
+  is the same, and no training metric is released at all."""
+  privacy = PrivacyConfig('record', noise_multiplier=10.0, target_delta=DELTA)
+  runs = [_released(tmp_path, f'run{k}', _data(flip=('h0', 3) if k else None), privacy,
+                    client_lr=1e-9) for k in range(2)]
+  (summary, rows), (_, rows_neighbour) = runs
+  columns = set(rows[0])
+  assert not any(c.startswith('train/') for c in columns)
+  released = lambda rows: [{k: v for k, v in r.items() if k != 'round_seconds'} for r in rows]
+  assert released(rows) == released(rows_neighbour)
+  assert summary['privacy']['released']['training loss, accuracy and AUC'].startswith(
+      'not released')
+  assert 'not protected' in summary['privacy']['released'][
+      'test-set accuracy and AUC per hospital and pooled']
+  # The same run without DP does release training metrics that move with the record.
+  plain = [_released(tmp_path, f'plain{k}', _data(flip=('h0', 3) if k else None),
+                     PrivacyConfig())[1] for k in range(2)]
+  assert 'train/accuracy' in plain[0][0]
+  assert plain[0][0]['train/loss'] != plain[1][0]['train/loss']
+
+
+def test_amplified_runs_release_no_cohort_size(tmp_path):
+  """M2: releasing how many hospitals joined would reveal the target's draw."""
+  summary, rows = _released(tmp_path, 'client', _data(), PrivacyConfig(
+      'client', noise_multiplier=1.0, target_delta=DELTA), clients_per_round=2)
+  assert summary['privacy']['adversaries']['observers']['amplified_by_hospital_sampling']
+  assert not any('clients_in_round' in c or 'survivors' in c for c in rows[0])
+
+
+def test_statement_names_unit_adjacency_adversary_and_substitution(tmp_path):
+  """m2, m6 and the statement of a record-level run."""
+  summary, _ = _released(tmp_path, 'record', _data(), PrivacyConfig(
+      'record', noise_multiplier=1.5, target_delta=DELTA))
+  privacy = summary['privacy']
+  eps = privacy['epsilon']
+  assert privacy['substitution'] == dict(zip(('epsilon', 'delta'),
+                                             substitution_bound(eps, DELTA)))
+  assert privacy['unit'] == 'one patient record at one hospital'
+  assert 'add or remove' in privacy['adjacency'] and 'replace' in privacy['adjacency']
+  assert privacy['epsilon_adversary'] == 'everyone'
+  steps = 3 * math.ceil(20 / 5)
+  per_hospital = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+      5 / 20, dp_accounting.GaussianDpEvent(1.5)), steps)
+  assert eps == pytest.approx(_direct([per_hospital]), rel=1e-6)
+  assert privacy['patient_at_every_hospital_epsilon'] == pytest.approx(
+      _direct([per_hospital] * 4), rel=1e-6)
+  for words in ('a patient with records at several hospitals', 'replaced rather than',
+                'the server included'):
+    assert words in privacy['statement']
+  with open(tmp_path / 'record' / 'summary.json') as f:
+    assert json.load(f)['privacy']['released'] == privacy['released']
+
+
+def test_client_level_budget_is_never_exceeded_with_sampled_hospitals():
+  """M1 (central DP): the guard previews TFF's exact event of the next round;
+  the observers' events do not depend on the cohort, so it stops after round 4."""
+  one = dp_accounting.PoissonSampledDpEvent(0.4, dp_accounting.GaussianDpEvent(0.8))
+  after = [_direct([dp_accounting.SelfComposedDpEvent(one, r)], 1e-2) for r in (4, 5)]
+  budget = sum(after) / 2
+  privacy = PrivacyConfig('client', noise_multiplier=0.8, l2_norm_clip=0.5,
+                          target_delta=1e-2, max_epsilon=budget)
+  summary = training.run(_data(5), _keras_model,
+                         _config(privacy, rounds=12, clients_per_round=2),
+                         log=lambda line: None)
+  assert summary['stopped_early'] is True and summary['rounds_completed'] == 4
+  assert summary['privacy']['epsilon'] == pytest.approx(after[0], rel=1e-6)
+  assert summary['privacy']['epsilon'] <= budget
+
+
+def test_non_private_run_says_so_and_lists_what_it_releases():
+  summary = training.run(_data(), _keras_model, _config(PrivacyConfig()),
+                         log=lambda line: None)
+  assert summary['privacy']['level'] == 'none'
+  assert math.isinf(summary['privacy']['epsilon'])
+  assert all(v.startswith('not protected') for v in summary['privacy']['released'].values()
+             if v)
+
+
+def _masking_config(privacy, rounds, dropouts):
+  return dataclasses.replace(_config(privacy, rounds=rounds), secure_agg=SecureAggConfig(
+      'masking', bits=20, clip=2.0, dropouts=dropouts))
+
+
+@pytest.mark.parametrize('dropouts', [0, 1])
+def test_masking_budget_and_calibration_hold_under_dropouts(dropouts):
+  """M1: the guard and the calibration use a round's worst case (survivors = t,
+  colluders k = t - 2), so dropouts can only leave more noise than planned."""
+  data = _data(5)
+  sigma, rounds = 3.0, 4
+  # A budget of 2.1 rounds at sigma (Gaussians compose by adding 1 / sigma^2).
+  budget = _direct([dp_accounting.GaussianDpEvent(sigma / math.sqrt(2.1))], 1e-2)
+  summary = training.run(data, _keras_model, _masking_config(PrivacyConfig(
+      'client', noise_multiplier=sigma, target_delta=1e-2, max_epsilon=budget), rounds,
+      dropouts), log=lambda line: None)
+  assert summary['privacy']['epsilon'] <= budget
+  # One dropout leaves t = 4 survivors: 1 honest non-target share, the planned
+  # sigma, so round 3 could cross. None leaves 2 shares (sigma * sqrt(2)), so
+  # 3 rounds cost 1.5 planned ones and round 4 could cross.
+  done = 2 if dropouts else 3
+  assert summary['stopped_early'] and summary['rounds_completed'] == done
+  assert summary['secure_aggregation']['dropouts'] == done * dropouts
+  server = summary['privacy']['adversaries']['server']
+  assert 'colluding with up to 2 hospital' in server['who']
+  realised = sigma * (1 if dropouts else math.sqrt(2)) / math.sqrt(done)
+  assert summary['privacy']['epsilon'] == pytest.approx(
+      _direct([dp_accounting.GaussianDpEvent(realised)], 1e-2), rel=1e-3)
+  assert summary['secure_aggregation']['noise_approximation_tau'] < 1e-6
+
+  calibrated = training.run(data, _keras_model, _masking_config(PrivacyConfig(
+      'client', target_epsilon=2.0, target_delta=1e-2), 2, dropouts), log=lambda line: None)
+  assert calibrated['privacy']['epsilon'] <= 2.0 + 1e-9
