@@ -4,8 +4,10 @@
 
 Reloads the run's data and saved model, attacks it per hospital and overall
 (threshold attacks on loss and confidence, logistic-regression and MLP
-attackers), audits one hospital's local-only model for comparison, and writes
-audit.json and TensorBoard scalars (audit/...) into the run folder.
+attackers), bounds epsilon from below at --target_delta (default: the run's
+delta, or for a non-DP run the default record delta of its data) with
+confidence 1 - --alpha, audits one hospital's local-only model for comparison,
+and writes audit.json and TensorBoard scalars (audit/...) into the run folder.
 """
 
 import os
@@ -17,6 +19,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from tff_med import experiment_flags  # pylint: disable=unused-import (quiet logs)
+from tff_med.audit import membership
 from tff_med.audit import run_audit
 from tff_med.data import DataError
 
@@ -25,6 +28,8 @@ _RUN_DIR = flags.DEFINE_string('run_dir', None, 'Output folder of experiments.tr
 _LOCAL_HOSPITAL = flags.DEFINE_string('local_hospital', '', 'Hospital whose local-only '
                                       'model is audited for comparison (default: the '
                                       'first); "none" to skip.')
+_ALPHA = flags.DEFINE_float('alpha', membership.DEFAULT_ALPHA, 'The epsilon lower bounds '
+                            'hold with confidence 1 - alpha, in (0, 1).')
 
 
 def main(argv):
@@ -32,7 +37,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   local = None if _LOCAL_HOSPITAL.value == 'none' else _LOCAL_HOSPITAL.value
   try:
-    result = run_audit.audit_run(_RUN_DIR.value, flags.FLAGS.data_dir, local)
+    result = run_audit.audit_run(_RUN_DIR.value, flags.FLAGS.data_dir, local,
+                                 delta=flags.FLAGS.target_delta, alpha=_ALPHA.value)
   except (DataError, ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   print(run_audit.format_result(result))

@@ -67,14 +67,18 @@ def main(argv):
     summary = training.run(run_inputs.data, run_inputs.keras_model_fn, config,
                            output_dir=run_dir, extra_summary=run_inputs.summary_fields(),
                            log=lambda line: None)
-    return summary, run_audit.audit_run(run_dir, FLAGS.data_dir, log=lambda line: None)
+    return summary, run_audit.audit_run(run_dir, FLAGS.data_dir, log=lambda line: None,
+                                        delta=FLAGS.target_delta)
 
   data = inputs[seeds[0]].data
   notes = (f'{data.description}. {FLAGS.algorithm}, --dp={FLAGS.dp} for the DP rows; '
            f'{len(seeds)} seeds (mean ± std); attacks: threshold on loss and confidence, '
            'logistic regression, MLP (best by AUC); members = a hospital\'s training '
            'records, non-members = its test records. TPR at 1% FPR needs >= 100 '
-           'non-members (n/a otherwise). The local-only model is the first hospital\'s.')
+           'non-members (n/a otherwise). ε lower bound: a confidence lower bound on ε at the '
+           'DP rows\' δ (split-half Clopper-Pearson over the attacks; 0 = no '
+           'evidence, not proof of privacy; in brackets the most these records could '
+           'certify). The local-only model is the first hospital\'s.')
   markdown = privacy_report.run_privacy_report(
       run_fn, settings, seeds, output_dir, f'Privacy report: {FLAGS.dataset}', notes)
   print(markdown)

@@ -16,15 +16,21 @@ for the attack with the highest AUC (`best`):
   tpr_at_fpr_1pct, tpr_at_fpr_0.1pct: TPR at FPR 1% / 0.1%, linearly interpolated
     between ROC points. FPR is resolved only in steps of 1 / num_non_members, so
     these are NaN unless there are at least 100 / 1000 non-members.
-  epsilon_lower_bound: the library's empirical DP epsilon lower bound,
-    `SingleAttackResult.get_epsilon_lower_bound()[0]`: for every threshold on the
-    attack's scores (both directions), the Bailey 95% one-sided lower confidence
-    bound on TPR / FPR (and TNR / FNR), logged, and the largest taken. Taking the
-    largest over all thresholds is not corrected for multiple comparisons, so it
-    is not a 95% bound over the whole audit; values <= 0 are no evidence of
-    leakage. The record counts cap it however much a model leaks (about 2.4
-    with 30 members and 30 non-members, 3.6 with 100 and 100). NaN if the
-    library returns no bound.
+
+Every audit also returns, for the whole audit set, `epsilon_lower_bound` (nats),
+`epsilon_lower_bound_confidence` (1 - alpha) and `epsilon_lower_bound_details`
+(epsilon_bound.split_half_bound's record: method, delta, the test chosen,
+evaluation counts, max_certifiable). Its meaning: with probability at least
+1 - alpha, the training's epsilon at `delta` for one record is at least this
+much, as far as the one test chosen among these attacks can tell on this audit
+set (records treated as independent trials); it is not an upper bound and says
+nothing about other attacks (details in tff_med/audit/epsilon_bound.py). The
+attacks above are rerun for it: members and non-members are split in halves
+(seeded), the attack, direction and threshold chosen on one half and the bound
+computed on the other; the threshold attacks score each record with its negated
+loss or modified entropy, the trained attackers are fit on the selection half
+only (which needs 3 members and 3 non-members there, for their 3-fold grid
+search). NaN (details None) with fewer than 2 members or 2 non-members.
 """
 
 import warnings
@@ -36,12 +42,17 @@ from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import
     data_structures as mia_data)
 from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (
     membership_inference_attack as mia)
+from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (
+    models as mia_models)
 
+from tff_med.audit.epsilon_bound import split_half_bound
 from tff_med.data.federated_data import Arrays, FederatedData
+from tff_med.privacy.accounting import default_record_delta
 
 AttackType = mia_data.AttackType
 DEFAULT_ATTACKS = (AttackType.THRESHOLD_ATTACK, AttackType.THRESHOLD_ENTROPY_ATTACK,
                    AttackType.LOGISTIC_REGRESSION, AttackType.MULTI_LAYERED_PERCEPTRON)
+DEFAULT_ALPHA = 0.05  # epsilon_lower_bound holds with confidence 1 - alpha
 # Output key -> n: TPR at FPR = 1 / n, resolvable with at least n non-members.
 LOW_FPRS = {'tpr_at_fpr_1pct': 100, 'tpr_at_fpr_0.1pct': 1000}
 
@@ -79,37 +90,79 @@ def _tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
 
 def _metrics(result: mia_data.SingleAttackResult, num_non_members: int) -> dict:
   roc = result.roc_curve
-  epsilons = result.get_epsilon_lower_bound()
   return {
       'auc': float(result.get_auc()),
       'advantage': float(result.get_attacker_advantage()),
       **{key: _tpr_at_fpr(roc.fpr, roc.tpr, 1 / n) if num_non_members >= n else float('nan')
          for key, n in LOW_FPRS.items()},
-      'epsilon_lower_bound': float(epsilons[0]) if epsilons.size else float('nan'),
   }
 
 
+def _scores(inputs: mia_data.AttackInputData, attack_type: AttackType,
+            selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(member scores, non-member scores) of `attack_type`, higher = more member-like;
+  a trained attacker is fit on the records `selected` (bool [members + non-members],
+  members first) only."""
+  if attack_type == AttackType.THRESHOLD_ATTACK:
+    return -inputs.get_loss_train(), -inputs.get_loss_test()
+  if attack_type == AttackType.THRESHOLD_ENTROPY_ATTACK:
+    return -inputs.get_entropy_train(), -inputs.get_entropy_test()
+  data = mia_models.create_attacker_data(inputs, balance=False)
+  attacker = mia_models.create_attacker(attack_type)
+  attacker.train_model(data.features_all[selected], data.labels_all[selected])
+  scores = attacker.predict(data.features_all)
+  return scores[:inputs.get_train_size()], scores[inputs.get_train_size():]
+
+
+def _epsilon_lower_bound(inputs: mia_data.AttackInputData, attack_types, delta: float,
+                         alpha: float, seed: int) -> dict | None:
+  """split_half_bound over `attack_types` on a seeded random half split of members
+  and of non-members; None with fewer than 2 of either."""
+  sizes = (inputs.get_train_size(), inputs.get_test_size())
+  if min(sizes) < 2:
+    return None
+  rng = np.random.default_rng(seed)
+  selected = np.concatenate([rng.permutation(n) < n // 2 for n in sizes])
+  trained_ok = min(n // 2 for n in sizes) >= 3
+  halves = {'selection': {}, 'evaluation': {}}
+  for attack_type in attack_types:
+    if attack_type.is_trained_attack and not trained_ok:
+      continue
+    scores = np.concatenate(_scores(inputs, attack_type, selected))
+    is_member = np.arange(len(scores)) < sizes[0]
+    for half, mask in (('selection', selected), ('evaluation', ~selected)):
+      halves[half][attack_type.name] = (scores[mask & is_member], scores[mask & ~is_member])
+  return split_half_bound(halves['selection'], halves['evaluation'], delta, alpha)
+
+
 def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
-                   attack_types=DEFAULT_ATTACKS, seed: int = 0) -> dict:
+                   attack_types=DEFAULT_ATTACKS, seed: int = 0, delta: float | None = None,
+                   alpha: float = DEFAULT_ALPHA) -> dict:
   """Attacks `model` with members `train_xy` and non-members `test_xy`.
 
   Returns {num_members, num_non_members, fpr_resolution (1 / num_non_members),
   attacks: {AttackType.name: metrics}, best: {attack, **metrics} (max AUC; None if
   no attack ran), skipped: attack names the library could not run (a trained
-  attack's nested cross-validation needs about 5 members and 5 non-members)};
-  metrics as in the module docstring. `seed` seeds numpy's global generator,
-  which the trained attackers draw on, for the call only.
+  attack's nested cross-validation needs about 5 members and 5 non-members),
+  epsilon_lower_bound, epsilon_lower_bound_confidence, epsilon_lower_bound_details};
+  metrics and the bound as in the module docstring. `delta`: the bound's delta;
+  None = default_record_delta of the members (what a DP run on them would use).
+  `seed` seeds the bound's half split and numpy's global generator, which the
+  trained attackers draw on, for the call only.
   """
   inputs = attack_inputs(model, train_xy, test_xy)
+  if delta is None:
+    delta = default_record_delta({'members': inputs.get_train_size()})
   state = np.random.get_state()
   np.random.seed(seed)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', sklearn.exceptions.ConvergenceWarning)
-      # The library's Bailey bound takes sqrt of negatives at extreme thresholds
-      # and drops the resulting NaNs itself.
+      # The library's Bailey bound (unused here) takes sqrt of negatives at extreme
+      # thresholds and drops the resulting NaNs itself.
       warnings.filterwarnings('ignore', category=RuntimeWarning, module='tensorflow_privacy')
       results = mia.run_attacks(inputs, attack_types=attack_types)
+      bound = _epsilon_lower_bound(inputs, attack_types, delta, alpha, seed)
   finally:
     np.random.set_state(state)
   num_non_members = inputs.get_test_size()
@@ -124,23 +177,37 @@ def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
       'best': None if best is None else {'attack': best.attack_type.name,
                                          **attacks[best.attack_type.name]},
       'skipped': [t.name for t in attack_types if t.name not in attacks],
+      'epsilon_lower_bound': float('nan') if bound is None else bound['epsilon_lower_bound'],
+      'epsilon_lower_bound_confidence': 1 - alpha,
+      'epsilon_lower_bound_details': bound,
   }
 
 
+def data_delta(data: FederatedData) -> float:
+  """The delta a record-level DP run on `data` defaults to (default_record_delta)."""
+  return default_record_delta({h: data.num_train(h) for h in data.hospitals})
+
+
 def audit(model: tf.keras.Model, data: FederatedData, attack_types=DEFAULT_ATTACKS,
-          seed: int = 0) -> dict:
+          seed: int = 0, delta: float | None = None, alpha: float = DEFAULT_ALPHA) -> dict:
   """{'per_hospital': {name: audit_hospital on that hospital's records},
-  'overall': audit_hospital on all hospitals' members vs all non-members}."""
+  'overall': audit_hospital on all hospitals' members vs all non-members}, every
+  bound at `delta` (None = data_delta(data))."""
+  delta = data_delta(data) if delta is None else delta
   return {
       'per_hospital': {h: audit_hospital(model, data.train_arrays(h), data.test[h],
-                                         attack_types, seed) for h in data.hospitals},
+                                         attack_types, seed, delta, alpha)
+                       for h in data.hospitals},
       'overall': audit_hospital(model, data.pooled('train'), data.pooled('test'),
-                                attack_types, seed),
+                                attack_types, seed, delta, alpha),
   }
 
 
 def audit_local_model(model: tf.keras.Model, data: FederatedData, hospital: str,
-                      attack_types=DEFAULT_ATTACKS, seed: int = 0) -> dict:
-  """audit_hospital of `hospital`'s local-only model (trained on its records alone)."""
+                      attack_types=DEFAULT_ATTACKS, seed: int = 0, delta: float | None = None,
+                      alpha: float = DEFAULT_ALPHA) -> dict:
+  """audit_hospital of `hospital`'s local-only model (trained on its records alone),
+  at `delta` (None = data_delta(data), as audit)."""
   return audit_hospital(model, data.train_arrays(hospital), data.test[hospital],
-                        attack_types, seed)
+                        attack_types, seed, data_delta(data) if delta is None else delta,
+                        alpha)

@@ -18,10 +18,12 @@ import tensorflow_federated as tff
 from tff_med import data as data_lib
 from tff_med import training
 from tff_med.algorithms import AlgorithmConfig
-from tff_med.audit.membership import audit, audit_local_model
+from tff_med.audit.epsilon_bound import check_parameters
+from tff_med.audit.membership import DEFAULT_ALPHA, audit, audit_local_model, data_delta
 from tff_med.models import ModelConfig, build_keras_model
 from tff_med.outputs import TENSORBOARD_DIR, write_json
 
+# The best attack's (by AUC) metrics, then the audit set's epsilon lower bound.
 HEADLINE = ('auc', 'advantage', 'tpr_at_fpr_1pct', 'epsilon_lower_bound')
 
 
@@ -61,19 +63,25 @@ def _local_only_model(summary: dict, data, keras_model_fn, hospital: str,
 
 
 def headline(result: dict) -> dict:
-  """The best attack's AUC, advantage, TPR at 1% FPR and epsilon lower bound."""
+  """The best attack's AUC, advantage and TPR at 1% FPR, and the audit set's
+  epsilon lower bound."""
   best = result['best'] or {}
-  return {k: best.get(k, float('nan')) for k in HEADLINE}
+  return {k: result[k] if k == 'epsilon_lower_bound' else best.get(k, float('nan'))
+          for k in HEADLINE}
 
 
 def audit_run(run_dir: str, data_dir: str | None = None, local_hospital: str | None = '',
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, delta: float | None = None,
+              alpha: float = DEFAULT_ALPHA) -> dict:
   """Audits the run in `run_dir`; returns and writes audit.json.
 
   Args:
     data_dir: overrides the data folder recorded in the run.
     local_hospital: hospital whose local-only model is audited for comparison;
       '' = the run's first hospital, None = none.
+    delta: delta of the epsilon lower bounds; None = the run's accountant delta
+      for a DP run, else the default record delta of its data (membership.data_delta).
+    alpha: the bounds hold with confidence 1 - alpha.
   """
   summary, data, keras_model_fn = _reload(run_dir, data_dir)
   if summary['algorithm'] == 'local':
@@ -81,10 +89,14 @@ def audit_run(run_dir: str, data_dir: str | None = None, local_hospital: str | N
                      'audit a federated or pooled run')
   model = tf.keras.models.load_model(os.path.join(run_dir, 'saved_model'))
   log(f'auditing {run_dir}: {summary["algorithm"]} on {data.name}')
+  if delta is None:
+    delta = (summary.get('privacy') or {}).get('delta') or data_delta(data)
+  check_parameters(delta, alpha)
   result = {'run_dir': run_dir, 'algorithm': summary['algorithm'], 'dataset': data.name,
             'privacy': summary.get('privacy'),
             'secure_aggregation': summary.get('secure_aggregation'),
-            'global_model': audit(model, data, seed=summary['seed'])}
+            'epsilon_lower_bound_delta': delta,
+            'global_model': audit(model, data, seed=summary['seed'], delta=delta, alpha=alpha)}
   if local_hospital is not None:
     hospital = local_hospital or data.hospitals[0]
     if hospital not in data.hospitals:
@@ -92,7 +104,8 @@ def audit_run(run_dir: str, data_dir: str | None = None, local_hospital: str | N
     local = _local_only_model(summary, data, keras_model_fn, hospital,
                               os.path.join(run_dir, f'audit_local_{hospital}'))
     result['local_model'] = {'hospital': hospital,
-                             **audit_local_model(local, data, hospital, seed=summary['seed'])}
+                             **audit_local_model(local, data, hospital, seed=summary['seed'],
+                                                 delta=delta, alpha=alpha)}
   write_json(os.path.join(run_dir, 'audit.json'), result)
   scalars = {'overall': headline(result['global_model']['overall']),
              'per_hospital': {h: headline(r)
@@ -114,6 +127,12 @@ def format_result(result: dict) -> str:
   lines = [f"{'target':32s} " + ' '.join(f'{k:>20s}' for k in HEADLINE)]
   for name, r in rows:
     lines.append(f'{name:32s} ' + ' '.join(f'{v:20.3f}' for v in headline(r).values()))
+  overall = result['global_model']['overall']
+  lines.append(f"epsilon_lower_bound: {overall['epsilon_lower_bound_confidence']:.0%} "
+               f"confidence lower bound at delta={result['epsilon_lower_bound_delta']:.3g} "
+               'for the attacks tried (not an upper bound); overall these records '
+               'certify at most '
+               f"{overall['epsilon_lower_bound_details']['max_certifiable']:.2f}")
   privacy = result.get('privacy')
   if privacy:
     lines.append(f"accountant: {privacy['statement']}")
