@@ -72,7 +72,7 @@ def test_profiles_names_prevalence_and_feature_shift():
   for split in (train_h, test_h):
     p = _prevalences(split)
     assert p[0] < p[1] < p[2] and abs(p[0] - p[3]) < 0.05
-  assert 'childrens_1 (prevalence' in description
+  assert 'childrens_1 (target prevalence 0.15; shift -0.5 std)' in description
   std = np.concatenate([train[0], test[0]])[:, 0].std()
   means = {n: train_h[n][0].mean(axis=0) for n in names}
   assert means['childrens_1'][0] - means['general_2'][0] == pytest.approx(-0.5 * std, abs=0.1)

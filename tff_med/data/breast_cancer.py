@@ -24,6 +24,9 @@ from tff_med.data.federated_data import FederatedData
 from tff_med.data.partition import simulate_hospitals
 
 DEFAULT_PROFILE_FEATURES = ('mean radius', 'mean perimeter', 'mean area')
+# Under public_ranges the profiles' shift unit in the [-1, 1] scale, declared
+# (about one std of a size feature over its published range), not measured.
+PROFILE_SHIFT_UNIT = 0.3
 # Feature -> (min, max) as published in the data set's documentation: the
 # 'Summary Statistics' table of sklearn's load_breast_cancer().DESCR (UCI
 # Breast Cancer Wisconsin (Diagnostic), Wolberg, Street, Mangasarian 1995),
@@ -75,7 +78,8 @@ def load(num_hospitals: int = 3, partition: str = 'profiles', seed: int = 0,
       {names.index(f): r for f, r in PUBLISHED_RANGES.items()})
   _, train, test, description = simulate_hospitals(
       pool_train['pool'], pool_test['pool'], num_hospitals, partition, seed, dirichlet_alpha,
-      profile_features=[names.index(f) for f in features])
+      profile_features=[names.index(f) for f in features],
+      shift_unit=None if scaling == 'zscore' else PROFILE_SHIFT_UNIT)
   source = ('mean/std of the pooled training records' if scaling == 'zscore'
             else "published min/max per feature ('Summary Statistics' of sklearn's "
                  'load_breast_cancer().DESCR, UCI WDBC), breast_cancer.PUBLISHED_RANGES')

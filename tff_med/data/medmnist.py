@@ -22,6 +22,9 @@ from tff_med.data.partition import simulate_hospitals
 
 NAMES = ('breastmnist', 'pneumoniamnist')
 IMAGE_SHAPE = (28, 28)
+# The profiles partition's brightness shift unit, in pixel / 255 units:
+# declared (about one std of an ultrasound or X-ray image), not measured.
+BRIGHTNESS_SHIFT_UNIT = 0.25
 FLIPPED_LABELS = ('breastmnist',)  # files whose label 0 is the disease
 
 
@@ -43,7 +46,7 @@ def load(data_dir: str, name: str, num_hospitals: int = 3, partition: str = 'pro
     pools = {split: (x, 1 - y) for split, (x, y) in pools.items()}
   _, train, test, description = simulate_hospitals(
       pools['train'], pools['test'], num_hospitals, partition, seed, dirichlet_alpha,
-      profile_features=None)
+      profile_features=None, shift_unit=BRIGHTNESS_SHIFT_UNIT)
   return FederatedData.from_arrays(
       name, train, test, description=f'{name} (official train/test): {description}',
       preprocessing=preprocess.preprocessing(

@@ -97,7 +97,8 @@ def _shift_features(x: np.ndarray, shift: float, features: Sequence[int] | None,
 
 def simulate_hospitals(train_xy: Arrays, test_xy: Arrays, num_hospitals: int, scheme: str,
                        seed: int, dirichlet_alpha: float = 0.5,
-                       profile_features: Sequence[int] | None = None
+                       profile_features: Sequence[int] | None = None,
+                       shift_unit: float | None = None
                        ) -> tuple[list[str], dict[str, Arrays], dict[str, Arrays], str]:
   """Splits a pooled train set and test set into `num_hospitals` hospitals.
 
@@ -111,6 +112,9 @@ def simulate_hospitals(train_xy: Arrays, test_xy: Arrays, num_hospitals: int, sc
       last axis for tables) shifted by the profile's shift times those
       features' std over all records; None = every value of the record, with
       one std over all values (for images: a brightness shift).
+    shift_unit: the unit of the profiles' shift in the features' own units,
+      declared by the caller (no statistics of the records); None = the std
+      over all records, which makes every shifted record depend on all others.
 
   Returns:
     (hospital names, train dict, test dict, one-line description). Names are
@@ -145,14 +149,14 @@ def simulate_hospitals(train_xy: Arrays, test_xy: Arrays, num_hospitals: int, sc
     profiles = hospital_profiles(num_hospitals)
     names = [p.name for p in profiles]
     pooled = np.concatenate([train_x, test_x])
-    std = (pooled.std() if profile_features is None
+    std = (shift_unit if shift_unit is not None else pooled.std() if profile_features is None
            else pooled[:, list(profile_features)].std(axis=0))
     shifts = [p.shift for p in profiles]
-    achieved = [(train_y[tr].sum() + test_y[te].sum()) / (len(tr) + len(te))
-                for tr, te in zip(train_parts, test_parts)]
+    # Only declared targets: the achieved prevalence is a statistic of the labels.
     description = (f'{num_hospitals} simulated hospitals, profiles partition: '
-                   + ', '.join(f'{p.name} (prevalence {a:.2f}, target {p.prevalence}; '
-                               f'shift {p.shift:+} std)' for p, a in zip(profiles, achieved))
+                   + ', '.join(f'{p.name} (target prevalence {p.prevalence}; shift '
+                               f'{p.shift:+} {"std" if shift_unit is None else f"x {shift_unit:g}"})'
+                               for p in profiles)
                    + f'; seed {seed}')
   else:
     names = [f'hospital_{k + 1}' for k in range(num_hospitals)]
