@@ -235,7 +235,7 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       break
     metrics = {'clients_in_round': len(cohort)}
     client_work = {}
-    if cohort:
+    if cohort or (dp and dp.noises_empty_rounds):
       round_process = process if not dp or dp.is_noised(round_num) else plain_process
       datasets = [dp.client_dataset(h) if dp and dp.config.level == 'record' else
                   client_dataset(data, h, config, shuffle_seed=config.seed * 100003 + round_num)
@@ -265,6 +265,7 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       state = output.state
       metrics['train'] = {k: float(client_work['train'][k]) for k in ('loss', 'accuracy', 'auc')}
       metrics['aggregator'] = _scalar_leaves(output.metrics['aggregator'])
+    metrics['round_seconds'] = time.monotonic() - round_start
     if dp:
       dp.record_round(cohort, round_num, state, noisy_steps=client_work.get('noisy_steps'),
                       server_event=_server_event(config, dp, round_process,
@@ -272,7 +273,6 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
                       if cohort else None)
       metrics = dp.releasable(metrics)
       metrics['privacy'] = dp.epsilons()
-    metrics['round_seconds'] = time.monotonic() - round_start
     evaluation = None
     if _is_eval_round(round_num, config):
       process.get_model_weights(state).assign_weights_to(global_model)

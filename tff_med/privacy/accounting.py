@@ -30,10 +30,11 @@ def make_accountant(name: str) -> dp_accounting.PrivacyAccountant:
 def sampled_round_event(aggregation_event: dp_accounting.DpEvent,
                         sampling_rate: float) -> dp_accounting.DpEvent:
   """`aggregation_event` under Poisson sampling at `sampling_rate` (a probability
-  in (0, 1]); at 1 nobody is left out, so the event is returned unamplified."""
+  in (0, 1]); at 1 nobody is left out, so the event is returned unamplified; a
+  NoOp (nothing released) stays a NoOp."""
   if not 0 < sampling_rate <= 1:
     raise ValueError(f'sampling rate {sampling_rate}: must be in (0, 1]')
-  if sampling_rate == 1:
+  if sampling_rate == 1 or isinstance(aggregation_event, dp_accounting.NoOpDpEvent):
     return aggregation_event
   return dp_accounting.PoissonSampledDpEvent(sampling_rate, aggregation_event)
 

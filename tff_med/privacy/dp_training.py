@@ -13,13 +13,14 @@ each round, and the DP events each round really produces, for both levels.
     updates, so nothing is claimed against it. Observers of the released models
     get epsilon from TFF's own DP event per round, amplified by Poisson sampling
     of hospitals (probability q = clients_per_round / hospitals) because the
-    cohort is drawn from OS randomness and neither its members nor its size is
-    released.
+    cohort is drawn from OS randomness, every round (an empty cohort's too)
+    releases a noised model, and nothing released varies with the cohort.
   - `masking`: each hospital adds its noise share before masking; against the
     server plus up to `colluders` hospitals, a hospital is charged, for each
     round it joined, a Gaussian event with the noise the honest survivors
     other than itself really carried (no amplification: the server sees the
-    cohort). Observers as above.
+    cohort, and an aborted round shows observers that few survived; observers
+    see less than the server, so the server's epsilon bounds theirs).
   - `tff`: TFF's distributed-DP aggregator on a cohort of fixed size m (each
     local share is sized for m, so the realised cohort carries the planned
     noise); against the server plus `colluders` hospitals, noise multiplier
@@ -196,10 +197,19 @@ class DpTraining:
   # Who is protected against whom.
   @property
   def _amplified(self) -> bool:
-    """Hospital sampling amplifies privacy against observers: client level, a
-    Poisson cohort (not TFF's fixed-size one) with q < 1, drawn from OS randomness."""
-    return (self.config.level == 'client' and self.aggregation != 'tff'
+    """Hospital sampling amplifies privacy against observers: central hospital-level
+    DP with a Poisson cohort (q < 1) drawn from OS randomness, where every round,
+    an empty one too, releases a noised model (`noises_empty_rounds`). Not under
+    masking: a round with fewer survivors than the threshold aborts and leaves
+    the model unchanged, which tells observers about the cohort's size."""
+    return (self.config.level == 'client' and self.aggregation == 'central'
             and self.sampling_rates[STUDY] < 1)
+
+  @property
+  def noises_empty_rounds(self) -> bool:
+    """Central hospital-level DP: a round whose cohort is empty still runs, and
+    TFF's DP aggregator releases pure noise, so the model moves every round."""
+    return self.config.level == 'client' and self.aggregation == 'central'
 
   @property
   def server_noise_factor(self) -> float:
@@ -497,8 +507,9 @@ class DpTraining:
   def released(self) -> dict[str, str]:
     """What a DP run releases, each with its protection."""
     test = 'not protected: computed on held-out test records, which no epsilon covers'
-    cohort = ('not released: hiding the cohort is what amplification by hospital '
-              'sampling needs' if self._amplified else
+    cohort = ('not released, nor anything per round that varies with it (aggregator '
+              'measurements, round seconds): hiding the cohort is what amplification '
+              'by hospital sampling needs' if self._amplified else
               'not protected: chosen without looking at records (public)')
     return {
         'model weights (saved_model, every round to the server)': f'accounted DP ({self.config.level} level)',
@@ -507,18 +518,20 @@ class DpTraining:
         'training loss, accuracy and AUC': 'not released under DP (un-noised statistics of training records)',
         'hospital names and training sizes (summary.json)': 'not protected: declared public (hence the substitution bound)',
         'hospitals per round, dropouts, aborts': cohort,
-        'bytes per hospital, round seconds': 'not protected: depend on the model size and the machine, not on records',
+        'bytes per hospital, round seconds': 'not protected: depend on the model size, the cohort and the machine, not on records',
+        'total wall seconds (summary.json)': 'not protected: a timing side channel on the number of hospital-rounds, outside every adversary model here',
         'preprocessing': f"not protected and data-independent: {self._data.preprocessing.get('source', '')}",
     }
 
   def releasable(self, metrics: dict) -> dict:
-    """The round `metrics` with everything removed that `released` says is not released."""
-    kept = {k: v for k, v in metrics.items() if k not in ('train', 'clients_in_round')}
-    if not self._amplified:
-      kept['clients_in_round'] = metrics.get('clients_in_round')
-      if 'aggregator' in metrics:
-        kept['aggregator'] = {k: v for k, v in metrics['aggregator'].items()
-                              if k in ('bytes_per_client', 'aborted', 'survivors', 'dropped')}
-    elif 'aggregator' in metrics:
-      kept['aggregator'] = {'bytes_per_client': metrics['aggregator'].get('bytes_per_client')}
-    return {k: v for k, v in kept.items() if v is not None}
+    """The round `metrics` with everything removed that `released` says is not
+    released: training statistics always; under amplification everything that
+    varies with the cohort's size (its count, the aggregator's measurements,
+    the round's duration)."""
+    if self._amplified:
+      return {k: v for k, v in metrics.items() if k in ('eval', 'privacy')}
+    kept = {k: v for k, v in metrics.items() if k != 'train'}
+    if 'aggregator' in metrics:
+      kept['aggregator'] = {k: v for k, v in metrics['aggregator'].items()
+                            if k in ('bytes_per_client', 'aborted', 'survivors', 'dropped')}
+    return kept
