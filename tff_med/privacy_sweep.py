@@ -27,7 +27,7 @@ def summarize(summaries: Sequence[dict]) -> dict:
   """Seeds' summaries of one setting -> {'pooled/accuracy': {mean, std}, ...,
   'epsilon': worst achieved (max over seeds), 'noise_multiplier': mean}."""
   row = {f'{a}/{b}': mean_std([s[a][b] for s in summaries]) for a, b in COLUMNS}
-  if 'privacy' in summaries[0]:
+  if summaries[0].get('privacy', {}).get('level', 'none') != 'none':
     row['epsilon'] = max(s['privacy']['epsilon'] for s in summaries)
     row['noise_multiplier'] = float(np.mean([s['privacy']['noise_multiplier']
                                              for s in summaries]))
