@@ -351,3 +351,18 @@ def test_profiles_partition_under_public_ranges_moves_only_the_changed_record():
   assert moved(split(train, None), split((changed, train[1]), None)) > 10  # The old way.
   data = breast_cancer.load(3, 'profiles', 0, scaling='public_ranges')
   assert 'x 0.3' in data.description and '(prevalence' not in data.description
+
+
+def test_dp_sgd_noise_does_not_follow_the_experiment_seed(tmp_path):
+  """Brief: privacy-relevant randomness comes from the OS. Two record-level runs
+  after the same global seeding (Python, numpy, TensorFlow) train different
+  models: the DP-SGD sampling and noise are not replayable from the seed."""
+  weights = []
+  for k in range(2):
+    _seed_everything(0)
+    training.run(_data(3), _keras_model, _config(PrivacyConfig(
+        'record', noise_multiplier=1.0, target_delta=DELTA), rounds=1),
+                 output_dir=str(tmp_path / f'run{k}'), log=lambda line: None)
+    weights.append(tf.keras.models.load_model(tmp_path / f'run{k}' / 'saved_model',
+                                              compile=False).get_weights()[0])
+  assert not np.allclose(weights[0], weights[1])

@@ -49,7 +49,7 @@ def test_privacy_sweep_row_reports_worst_epsilon_and_mean_noise():
   rng = np.random.default_rng(2)
   runs = [_summary('fedavg', s, rng) for s in range(3)]
   for run, (eps, sigma) in zip(runs, [(0.9, 2.0), (1.0, 2.2), (math.inf, 0.0)]):
-    run['privacy'] = {'epsilon': eps, 'noise_multiplier': sigma}
+    run['privacy'] = {'level': 'record', 'epsilon': eps, 'noise_multiplier': sigma}
   row = privacy_sweep.summarize(runs)
   assert math.isinf(row['epsilon'])
   assert row['noise_multiplier'] == pytest.approx(np.mean([2.0, 2.2, 0.0]))

@@ -105,6 +105,7 @@ def test_progress_line_per_round(fedavg_run):
     (['--dataset=breast_cancer', '--dp=record', '--target_epsilon=2', '--max_epsilon=1'],
      '--max_epsilon=1.0 is below --target_epsilon=2.0'),
     (['--dataset=csv', '--feature_ranges=age:1'], "--feature_ranges: 'age:1'"),
+    (['--dataset=breastmnist', '--scaling=zscore'], '--scaling=zscore applies to tables'),
     # m4: a threshold of at most half the hospitals lets a lying server unmask one.
     (['--dataset=breast_cancer', '--num_hospitals=5', '--secure_agg=masking',
       '--client_weighting=uniform', '--secagg_threshold=2'], '--secagg_threshold=2'),

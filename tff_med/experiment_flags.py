@@ -173,6 +173,9 @@ def _flag_or_default(name: str):
 
 def data_config(seed: int | None = None) -> data_lib.DataConfig:
   """The DataConfig the flags describe (`seed` overrides --seed)."""
+  if FLAGS.scaling and FLAGS.dataset in ('breastmnist', 'pneumoniamnist'):
+    raise ValueError(f'--scaling={FLAGS.scaling} applies to tables; {FLAGS.dataset} images '
+                     'are always scaled as pixel / 255')
   return data_lib.DataConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
       num_hospitals=_flag_or_default('num_hospitals'),
