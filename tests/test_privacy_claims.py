@@ -122,38 +122,18 @@ def test_central_dp_claims_nothing_against_the_server():
   assert 'not protected (central DP' in report['statement']
 
 
-def test_tff_distributed_dp_has_a_fixed_cohort_and_counts_only_honest_shares():
-  """M3: TFF sizes each local share for m hospitals; a cohort of exactly m
-  carries that noise. The target's own share is left out (M4)."""
-  sigma, m = 3.0, 6
-  dp = _dp(PrivacyConfig('client', noise_multiplier=sigma, target_delta=DELTA),
-           clients_per_round=m, aggregation='tff')
-  assert {len(dp.cohort(dp._data.hospitals)) for _ in range(30)} == {m}
-  assert dp.server_noise_factor == pytest.approx(math.sqrt((m - 1) / m))
-  cohorts = [dp.cohort(dp._data.hospitals) for _ in range(5)]
-  for round_num, cohort in enumerate(cohorts, start=1):
-    dp.record_round(cohort, round_num)
-  report = dp.report()
-  event = dp_accounting.GaussianDpEvent(sigma * math.sqrt((m - 1) / m))
-  for h in dp._data.hospitals:
-    joined = sum(h in c for c in cohorts)
-    assert report['adversaries']['server']['per_unit'][h]['epsilon'] == pytest.approx(
-        _direct([event] * joined), rel=1e-9)
-  assert 'observers' not in report['adversaries']  # No amplification is claimed.
-  assert report['l2_norm_clip'] is None  # TFF clips adaptively on its own.
-  assert any('not exact' in a for a in report['approximations'])
-  assert 'not exact' in report['statement']
-
-
-def test_calibration_is_for_the_server_worst_case():
-  """M1 (TFF path): the calibrated sigma meets the target against the server."""
-  m, rounds = 6, 10
-  dp = _dp(PrivacyConfig('client', target_epsilon=2.0, target_delta=DELTA),
-           clients_per_round=m, aggregation='tff', rounds=rounds)
-  worst = _direct([dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(
-      dp.noise_multiplier * math.sqrt((m - 1) / m)), rounds)])
-  assert worst <= 2.0 + 1e-9
-  assert worst == pytest.approx(2.0, rel=0.02)
+@pytest.mark.parametrize('secure_agg, clients, message', [
+    # M3: TFF's DDP aggregator noises its clip count on the server, after the sum.
+    (SecureAggConfig('tff'), 0, '--secure_agg=tff with --dp=client is refused'),
+    # Review R7: a fixed threshold cannot follow Poisson cohorts of varying size.
+    (SecureAggConfig('masking', threshold=3), 3, '--secagg_threshold=3 with --dp=client'),
+])
+def test_hospital_level_dp_refuses_what_it_cannot_account(secure_agg, clients, message):
+  config = dataclasses.replace(
+      _config(PrivacyConfig('client', noise_multiplier=1.0, target_delta=1e-2),
+              clients_per_round=clients), secure_agg=secure_agg)
+  with pytest.raises(ValueError, match=message):
+    config.validate(5)
 
 
 def test_dp_refuses_data_scaled_with_statistics_of_the_records():
@@ -366,3 +346,82 @@ def test_dp_sgd_noise_does_not_follow_the_experiment_seed(tmp_path):
     weights.append(tf.keras.models.load_model(tmp_path / f'run{k}' / 'saved_model',
                                               compile=False).get_weights()[0])
   assert not np.allclose(weights[0], weights[1])
+
+
+@pytest.mark.parametrize('level, secure_agg', [('record', 'none'), ('client', 'none'),
+                                               ('client', 'masking')])
+def test_no_training_statistic_reaches_the_server_under_dp(monkeypatch, level, secure_agg):
+  """Review R1: TFF's builders sum each hospital's training loss, accuracy and
+  AUC to the server in the clear. Under DP the server now gets none: the round
+  metrics before any release filter hold no 'train'."""
+  seen, original = [], DpTraining.releasable
+
+  def spy(self, metrics):
+    seen.append(metrics)
+    return original(self, metrics)
+
+  monkeypatch.setattr(DpTraining, 'releasable', spy)
+  config = dataclasses.replace(
+      _config(PrivacyConfig(level, noise_multiplier=2.0, target_delta=1e-3), rounds=2),
+      secure_agg=SecureAggConfig(secure_agg, bits=20, clip=2.0))
+  training.run(_data(5), _keras_model, config, log=lambda line: None)
+  assert len(seen) == 2 and all('train' not in m for m in seen), seen
+
+
+def test_masking_sizes_every_round_for_the_same_coalition():
+  """Review R3: with Poisson cohorts each round's threshold varies; the noise
+  is sized for the run's fixed k (t - 2 of the expected cohort), and a round
+  too small to keep an honest share beside k colluders aborts."""
+  from tff_med.secure_agg.masking import SecureAggregationAborted
+  config = dataclasses.replace(
+      _config(PrivacyConfig('client', noise_multiplier=2.0, target_delta=1e-2),
+              clients_per_round=6), secure_agg=SecureAggConfig('masking', bits=24, clip=2.0))
+  data = _data(9)
+  dp = config.build_dp(data, log=lambda line: None)
+  assert dp.colluders == 2  # t = 4 for 6 expected hospitals.
+  model_fn = training.tff_model_fn(_keras_model, training.client_dataset(
+      data, 'h0', config, 0).element_spec)
+  process, _ = training._build_processes(config, model_fn, dp, None, 9)
+  for cohort in (3, 4):  # t = 2, 3: no honest share beside 2 colluders.
+    with pytest.raises(SecureAggregationAborted, match='keeps no honest noise share'):
+      process._noise.share_scale(cohort)
+  # 5 hospitals: t = 4, one honest non-target share at the threshold: z.
+  assert process.round_noise_multiplier(4, 5) == pytest.approx(2.0)
+  assert process.round_noise_multiplier(5, 5) == pytest.approx(2.0 * math.sqrt(2))
+
+
+def test_amplified_run_releases_no_timing(tmp_path):
+  """Review R2: TensorBoard event times, progress lines and wall_seconds gave
+  away each round's duration, hence the secret cohort's size. Under
+  amplification every release is held to the end and no time is printed."""
+  lines = []
+  summary = training.run(_data(3), _keras_model, _config(
+      PrivacyConfig('client', noise_multiplier=2.0, target_delta=1e-2), rounds=8,
+      clients_per_round=1), output_dir=str(tmp_path), log=lines.append)
+  assert summary['privacy']['adversaries']['observers']['amplified_by_hospital_sampling']
+  assert 'wall_seconds' not in summary
+  assert len([l for l in lines if l.startswith('round')]) == 8
+  assert not any('elapsed' in l or 'left' in l for l in lines)
+  times = []
+  for path in tmp_path.glob('tensorboard/**/events*'):
+    times += [e.wall_time for e in tf.compat.v1.train.summary_iterator(str(path))
+              if any(v.tag == 'privacy/epsilon' for v in e.summary.value)]
+  assert len(times) == 8 and max(times) - min(times) < 0.5  # Written together at the end.
+
+
+def test_audit_refuses_its_bound_on_official_train_test_splits(data_dir):
+  """Review R4: MedMNIST's official train and test sets differ in prevalence, so
+  a model that never saw a record got a '95%' bound above 0. Their
+  FederatedData says the split is not random, and the audit refuses a bound."""
+  from tff_med.audit import membership
+  from tff_med.data import medmnist
+  data = medmnist.load(data_dir, 'breastmnist', 2, 'iid', 0)
+  assert data.random_split is False
+  inp = tf.keras.Input((28, 28, 1))
+  constant = tf.keras.Model(inp, tf.keras.layers.Lambda(
+      lambda x: tf.ones([tf.shape(x)[0], 1]))(inp))
+  result = membership.audit(constant, data,
+                            attack_types=(membership.AttackType.THRESHOLD_ATTACK,))
+  for audit in [result['overall'], *result['per_hospital'].values()]:
+    assert math.isnan(audit['epsilon_lower_bound'])
+    assert 'not a random split' in audit['epsilon_lower_bound_details']['refused']

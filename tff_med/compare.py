@@ -103,6 +103,6 @@ def run_comparison(run_fn: Callable[[str, int, str], dict], algorithms: Sequence
   write_json(os.path.join(output_dir, 'comparison.json'),
              {'title': title, 'algorithms': list(algorithms), 'seeds': list(seeds),
               'table': table,
-              'runs': [{k: s[k] for k in ('algorithm', 'seed', 'wall_seconds')}
+              'runs': [{k: s.get(k) for k in ('algorithm', 'seed', 'wall_seconds')}
                        for s in summaries]})
   return table, markdown

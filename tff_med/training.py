@@ -27,7 +27,8 @@ from tff_med.models.tff_model import loss as model_loss
 from tff_med.models.tff_model import tff_model_fn
 from tff_med.outputs import RunOutputs
 from tff_med.privacy.dp_training import DpTraining, PrivacyConfig
-from tff_med.secure_agg.config import SecureAggConfig, ddp_factory
+from tff_med.privacy.training_metrics import no_training_metrics
+from tff_med.secure_agg.config import SecureAggConfig
 from tff_med.secure_agg.masked_process import MaskedLearningProcess
 from tff_med.secure_agg.tff_secure_sum import QuantizedSecureSumFactory
 
@@ -80,6 +81,17 @@ class TrainConfig:
                          '--algorithm=fedavg, fedadam, fedyogi or fedadagrad')
       self.secure_agg.validate(self.clients_per_round or num_hospitals,
                                self.algorithm.client_weighting)
+      if self.secure_agg.mode == 'tff' and self.privacy.level == 'client':
+        raise ValueError(
+            '--secure_agg=tff with --dp=client is refused: TFF\'s distributed-DP aggregator '
+            'estimates its clip from a count of clipped hospitals that it noises on the '
+            'server after the secure sum, so the server would see that count exactly (and '
+            'it does not build in TFF 0.87 here); use --secure_agg=masking')
+      if (self.secure_agg.mode == 'masking' and self.privacy.level == 'client'
+          and 0 < self.clients_per_round < num_hospitals and self.secure_agg.threshold):
+        raise ValueError(f'--secagg_threshold={self.secure_agg.threshold} with --dp=client '
+                         'and --clients_per_round: cohort sizes vary, so the threshold must '
+                         'follow each cohort (leave --secagg_threshold at 0)')
       if (self.secure_agg.mode == 'masking' and self.privacy.level == 'client'
           and self.privacy.clipping == 'adaptive'):
         raise ValueError('--secure_agg=masking with --dp=client clips each hospital\'s '
@@ -99,9 +111,6 @@ class TrainConfig:
                     colluders=(self.secure_agg.colluders_for(
                         self.secure_agg.threshold_for(cohort_size))
                                if aggregation == 'masking' else 0))
-    if self.secure_agg.mode == 'tff' and self.privacy.level == 'client':
-      ddp_factory(dp.noise_multiplier, self.clients_per_round or len(data.hospitals),
-                  self.secure_agg.bits)  # Fails now if TFF refuses the cohort.
     return dp
 
 
@@ -125,10 +134,18 @@ def _flat_eval(evaluation: dict) -> dict:
 
 class _Progress:
   """Prints one line per round: round, training loss (where released), elapsed
-  and estimated time left."""
+  and estimated time left. Where timing would reveal a secret cohort (`timed`
+  False) the lines carry no times and are held until `flush`."""
 
-  def __init__(self, rounds: int, log: Callable[[str], None]):
-    self._rounds, self._log, self._start = rounds, log, time.monotonic()
+  def __init__(self, rounds: int, log: Callable[[str], None], timed: bool = True):
+    self._rounds, self._start = rounds, time.monotonic()
+    self.timed, self._held, self._out = timed, [], log
+    self._log = log if timed else self._held.append
+
+  def flush(self) -> None:
+    for line in self._held:
+      self._out(line)
+    self._held.clear()
 
   def log(self, line: str) -> None:
     self._log(line)
@@ -141,7 +158,7 @@ class _Progress:
     left = elapsed / round_num * (self._rounds - round_num)
     line = (f'round {round_num:4d}/{self._rounds}  '
             + (f'loss {loss:.4f}  ' if loss is not None else '')
-            + f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s')
+            + (f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s' if self.timed else ''))
     if evaluation:
       line += (f"  pooled acc {evaluation['pooled']['accuracy']:.3f} "
                f"auc {evaluation['pooled']['auc']:.3f}")
@@ -168,6 +185,8 @@ def _is_eval_round(round_num: int, config: TrainConfig) -> bool:
 def _build_processes(config, model_fn, dp, model_aggregator, num_hospitals):
   """(process for noised or ordinary rounds, process for un-noised rounds or None)."""
   secure = config.secure_agg
+  if dp and dp.config.level == 'client':  # Every round sized for the same coalition.
+    secure = dataclasses.replace(secure, colluders=dp.colluders)
   if secure.mode == 'masking':
     def masked(client_work, clip=None, noise_multiplier=0.0):
       return MaskedLearningProcess(model_fn, client_work, server_optimizer(config.algorithm),
@@ -177,14 +196,12 @@ def _build_processes(config, model_fn, dp, model_aggregator, num_hospitals):
               None if dp.config.schedule == 'every_round'
               else masked(dp.client_work(model_fn, noised=False)))
     plain_work = tff.learning.templates.build_model_delta_client_work(
-        model_fn, client_optimizer(config.algorithm), tff.learning.ClientWeighting.UNIFORM)
+        model_fn, client_optimizer(config.algorithm), tff.learning.ClientWeighting.UNIFORM,
+        metrics_aggregator=no_training_metrics if dp else None)
     if dp:  # Hospital level: distributed discrete Gaussian noise, added before masking.
       return masked(plain_work, dp.config.l2_norm_clip, dp.noise_multiplier), None
     return masked(plain_work), None
   if secure.mode == 'tff':
-    if dp and dp.config.level == 'client':
-      return dp.build_processes(model_fn, client_factory=ddp_factory(
-          dp.noise_multiplier, config.clients_per_round or num_hospitals, secure.bits))
     # Quantise for the largest possible cohort, so that no sum can wrap.
     model_aggregator = tff.aggregators.MeanFactory(
         value_sum_factory=QuantizedSecureSumFactory(secure.quantizer(num_hospitals)))
@@ -198,8 +215,6 @@ def _server_event(config, dp, process, aggregator, cohort):
   (None: central DP, whose event TFF's aggregator state holds)."""
   if not dp or dp.config.level != 'client' or config.secure_agg.mode == 'none':
     return None
-  if config.secure_agg.mode == 'tff':
-    return dp_accounting.GaussianDpEvent(dp.noise_multiplier * dp.server_noise_factor)
   if aggregator['aborted']:
     return dp_accounting.NoOpDpEvent()  # Nothing was released.
   return dp_accounting.GaussianDpEvent(
@@ -218,7 +233,7 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
   wire_bytes = config.secure_agg.bytes_per_client(global_model.count_params())
   secure_record = {'bytes_per_client': [], 'aborted_rounds': 0, 'dropouts': 0}
   state = process.initialize()
-  evaluation, stopped = None, None
+  evaluation, stopped, held = None, None, []
   for round_num in range(1, config.rounds + 1):
     round_start = time.monotonic()
     cohort = list(data.hospitals)
@@ -263,7 +278,9 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
         secure_record['bytes_per_client'].append(wire_bytes)
         client_work = output.metrics['client_work']
       state = output.state
-      metrics['train'] = {k: float(client_work['train'][k]) for k in ('loss', 'accuracy', 'auc')}
+      if client_work.get('train'):  # None reach the server under DP.
+        metrics['train'] = {k: float(client_work['train'][k])
+                            for k in ('loss', 'accuracy', 'auc')}
       metrics['aggregator'] = _scalar_leaves(output.metrics['aggregator'])
     metrics['round_seconds'] = time.monotonic() - round_start
     if dp:
@@ -278,9 +295,13 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       process.get_model_weights(state).assign_weights_to(global_model)
       evaluation = evaluate(global_model, data)
       metrics['eval'] = _flat_eval(evaluation)
-    if outputs:
-      outputs.release(metrics, round_num)
+    held.append((metrics, round_num))
+    if outputs and progress.timed:
+      outputs.release(*held.pop())
     progress.round_done(round_num, metrics.get('train', {}).get('loss'), evaluation)
+  for metrics, round_num in held if outputs else ():  # Timing hidden: released at the end.
+    outputs.release(metrics, round_num)
+  progress.flush()
   if evaluation is None:  # Stopped early: evaluate the model as it stands.
     process.get_model_weights(state).assign_weights_to(global_model)
     evaluation = evaluate(global_model, data)
@@ -395,7 +416,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
                      'runs choose their own aggregation)')
   dp = dp or config.build_dp(data, log)
   outputs = RunOutputs(output_dir) if output_dir else None
-  progress = _Progress(config.rounds, log)
+  progress = _Progress(config.rounds, log, timed=not (dp and dp.hides_cohort))
   stopped, secure_record = None, None
   if config.algorithm.name in BASELINES:
     models, evaluation = _train_baseline(data, keras_model_fn, config, outputs, progress)
@@ -425,7 +446,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       **({'secure_aggregation': _secure_summary(config.secure_agg, secure_record)}
          if secure_record else {}),
       **(extra_summary or {}),
-      'wall_seconds': progress.elapsed(),
+      **({'wall_seconds': progress.elapsed()} if progress.timed else {}),
   }
   if outputs:
     for name, model in models.items():

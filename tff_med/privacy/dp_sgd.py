@@ -56,9 +56,8 @@ def clipped_example_gradients(model, loss_fn, query, params, x, y) -> list[tf.Te
 
 def _dp_sgd_update(model, loss_fn, query, learning_rate, batch_size, local_epochs):
   """tf.function: (initial ModelWeights, x_all [n, ...], y_all [n, 1]) -> (trained
-  trainable weights, steps, unfinalized training metrics of the trained model on
-  all n records). Everything that touches the variables happens inside it, so
-  that graph-mode execution keeps assign -> train -> read in order."""
+  trainable weights, steps). Everything that touches the variables happens
+  inside it, so that graph-mode execution keeps assign -> train -> read in order."""
   variables = model.trainable_variables
 
   @tf.function
@@ -80,9 +79,7 @@ def _dp_sgd_update(model, loss_fn, query, learning_rate, batch_size, local_epoch
       for variable, gradient in zip(variables, noised):
         variable.assign_sub(learning_rate * gradient / (q * n_float))
     # Inside the tf.function, so that these reads follow the training steps.
-    model.forward_pass({'x': x_all, 'y': y_all}, training=False)
-    return ([tf.identity(v) for v in variables], steps,
-            model.report_local_unfinalized_metrics())
+    return [tf.identity(v) for v in variables], steps
 
   return train
 
@@ -96,9 +93,9 @@ def build_dp_sgd_client_work(
   """DP-SGD client work. A hospital's data must arrive as ONE batch holding all
   its training records (`dataset.batch(n)`): DP-SGD samples from them itself.
 
-  Measurements: `train` (loss, accuracy, auc of the trained local models on
-  their own training records, summed then finalised over hospitals) and
-  `noisy_steps` (DP-SGD steps summed over the round's hospitals).
+  Measurements: `noisy_steps` (DP-SGD steps summed over the round's hospitals,
+  a function of the public hospital sizes) and nothing else: no training
+  statistic of the records reaches the server.
   """
   if not l2_norm_clip > 0:
     raise ValueError(f'--l2_norm_clip={l2_norm_clip}: must be positive')
@@ -106,7 +103,6 @@ def build_dp_sgd_client_work(
     raise ValueError(f'--noise_multiplier={noise_multiplier}: must be non-negative')
   with tf.Graph().as_default():
     model = model_fn()
-    metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
   weights_type = tff.learning.models.weights_type_from_model(model)
 
@@ -115,7 +111,7 @@ def build_dp_sgd_client_work(
     model = model_fn()
     query = tfp.GaussianSumQuery(l2_norm_clip, noise_multiplier * l2_norm_clip)
     batch = dataset.get_single_element()
-    trained, steps, metrics = _dp_sgd_update(model, loss_fn(), query, learning_rate,
+    trained, steps = _dp_sgd_update(model, loss_fn(), query, learning_rate,
                                              batch_size, local_epochs)(
                                                  initial_weights, batch['x'], batch['y'])
     # TFF's convention: the update is initial minus trained weights.
@@ -124,8 +120,7 @@ def build_dp_sgd_client_work(
     num_records = tf.cast(tf.shape(batch['y'])[0], tf.float32)
     weight = (num_records if client_weighting == tff.learning.ClientWeighting.NUM_EXAMPLES
               else tf.constant(1.0))
-    return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
-            metrics, steps)
+    return tff.learning.templates.ClientResult(update=update, update_weight=weight), steps
 
   @tff.federated_computation
   def init_fn():
@@ -135,9 +130,9 @@ def build_dp_sgd_client_work(
                              tff.FederatedType(weights_type, tff.CLIENTS),
                              tff.FederatedType(data_type, tff.CLIENTS))
   def next_fn(state, weights, data):
-    result, metrics, steps = tff.federated_map(client_update, (weights, data))
+    result, steps = tff.federated_map(client_update, (weights, data))
     measurements = tff.federated_zip(collections.OrderedDict(
-        train=metrics_aggregation_fn(metrics), noisy_steps=tff.federated_sum(steps)))
+        noisy_steps=tff.federated_sum(steps)))
     return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)

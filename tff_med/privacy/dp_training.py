@@ -21,10 +21,7 @@ each round, and the DP events each round really produces, for both levels.
     other than itself really carried (no amplification: the server sees the
     cohort, and an aborted round shows observers that few survived; observers
     see less than the server, so the server's epsilon bounds theirs).
-  - `tff`: TFF's distributed-DP aggregator on a cohort of fixed size m (each
-    local share is sized for m, so the realised cohort carries the planned
-    noise); against the server plus `colluders` hospitals, noise multiplier
-    sigma * sqrt((m - colluders - 1) / m). No amplification is claimed.
+  `--secure_agg=tff` with hospital-level DP is refused (`training.py` says why).
 
 Schedules (record level): `every_round` noises every round; `first_round` and
 `every_n` (noise in rounds 1, 1 + N, 1 + 2N, ...) train the other rounds
@@ -48,11 +45,12 @@ from tff_med.data.federated_data import FederatedData
 from tff_med.models.tff_model import loss as model_loss
 from tff_med.privacy import accounting
 from tff_med.privacy import dp_sgd
+from tff_med.privacy.training_metrics import no_training_metrics
 
 LEVELS = ('none', 'record', 'client')
 SCHEDULES = ('every_round', 'first_round', 'every_n')
 CLIPPINGS = ('fixed', 'adaptive')
-AGGREGATIONS = ('central', 'masking', 'tff')
+AGGREGATIONS = ('central', 'masking')
 STUDY = 'all hospitals'  # The unit of an amplified view: every hospital alike.
 # Who each epsilon is against.
 ADVERSARIES = {
@@ -61,8 +59,8 @@ ADVERSARIES = {
     'server': 'the aggregation server, which sees which hospitals joined each round and '
               'every message of the aggregation, colluding with up to {colluders} '
               'hospital(s)',
-    'observers': 'anyone who sees the released models only (not the server, not the '
-                 'cohorts)',
+    'observers': 'anyone who sees the released models and metrics only (not the '
+                 'server, not the cohorts, not how long the process ran)',
 }
 _UNIT = {'record': 'one patient record at one hospital',
          'client': "one hospital's whole training dataset"}
@@ -104,7 +102,7 @@ class DpTraining:
   """Everything level-specific in a DP run. Construct before training: it
   validates the flags and calibrates the noise, raising ValueError naming the flag.
 
-  `aggregation` (hospital level): 'central', 'masking' or 'tff' (see the module
+  `aggregation` (hospital level): 'central' or 'masking' (see the module
   docstring); `colluders`: hospitals assumed to collude with the server
   (secure aggregations only)."""
 
@@ -196,12 +194,14 @@ class DpTraining:
 
   # Who is protected against whom.
   @property
-  def _amplified(self) -> bool:
+  def hides_cohort(self) -> bool:
     """Hospital sampling amplifies privacy against observers: central hospital-level
     DP with a Poisson cohort (q < 1) drawn from OS randomness, where every round,
-    an empty one too, releases a noised model (`noises_empty_rounds`). Not under
-    masking: a round with fewer survivors than the threshold aborts and leaves
-    the model unchanged, which tells observers about the cohort's size."""
+    an empty one too, releases a noised model (`noises_empty_rounds`), and the run
+    releases nothing that varies with the cohort, its timing included (the
+    training loop then holds its releases until the end and prints no times).
+    Not under masking: a round with fewer survivors than the threshold aborts
+    and leaves the model unchanged, which tells observers about the cohort."""
     return (self.config.level == 'client' and self.aggregation == 'central'
             and self.sampling_rates[STUDY] < 1)
 
@@ -210,17 +210,6 @@ class DpTraining:
     """Central hospital-level DP: a round whose cohort is empty still runs, and
     TFF's DP aggregator releases pure noise, so the model moves every round."""
     return self.config.level == 'client' and self.aggregation == 'central'
-
-  @property
-  def server_noise_factor(self) -> float:
-    """Noise multiplier of a worst-case round against the server, in units of the
-    noise multiplier: masking sizes each share for its worst round (1); TFF's
-    aggregator splits the noise over m shares, of which m - colluders - 1 are
-    honest and not the target's own."""
-    if self.aggregation != 'tff':
-      return 1.0
-    m = self._cohort_size
-    return math.sqrt(max(0, m - self.colluders - 1) / m)
 
   def _views(self) -> dict[str, _View]:
     """Adversary name -> its accounting (ledger None: nothing is claimed)."""
@@ -231,7 +220,7 @@ class DpTraining:
     if c.level == 'record':
       return {'everyone': _View(ledger(self.sampling_rates))}
     views = {'server': _View(None if self.aggregation == 'central' else ledger(per_hospital))}
-    if self._amplified:
+    if self.hides_cohort:
       views['observers'] = _View(ledger(self.sampling_rates), amplified=True)
     elif self.aggregation == 'central':
       views['observers'] = _View(ledger(per_hospital))
@@ -244,14 +233,9 @@ class DpTraining:
     if self.config.level == 'record':
       return {h: (lambda sigma, h=h: accounting.dp_sgd_event(
           self.sampling_rates[h], sigma, rounds * self._steps(h))) for h in self._num_train}
-    q = self.sampling_rates[STUDY]
-    fns = {'observers': lambda sigma: dp_accounting.SelfComposedDpEvent(
-        accounting.sampled_round_event(dp_accounting.GaussianDpEvent(sigma),
-                                       q if self._amplified else 1.0), rounds)}
-    if self.aggregation != 'central':
-      fns['server'] = lambda sigma: dp_accounting.SelfComposedDpEvent(
-          dp_accounting.GaussianDpEvent(sigma * self.server_noise_factor), rounds)
-    return fns
+    q = self.sampling_rates[STUDY] if self.hides_cohort else 1.0
+    return {STUDY: lambda sigma: dp_accounting.SelfComposedDpEvent(
+        accounting.sampled_round_event(dp_accounting.GaussianDpEvent(sigma), q), rounds)}
 
   def _steps(self, hospital: str) -> int:
     return dp_sgd.local_steps(self._num_train[hospital], self._batch_size, self._local_epochs)
@@ -272,20 +256,20 @@ class DpTraining:
         model_fn, model_loss, self._algorithm.client_lr, clip, noise_multiplier,
         self._batch_size, self._local_epochs, client_weighting(self._algorithm))
 
-  def build_processes(self, model_fn, model_aggregator=None, client_factory=None) -> tuple:
+  def build_processes(self, model_fn, model_aggregator=None) -> tuple:
     """(process for noised rounds, process for un-noised rounds or None); both
-    share one state type, so a run may alternate between them.
+    share one state type, so a run may alternate between them. No training
+    statistic reaches the server (`training_metrics.py`).
 
     Args:
       model_aggregator: record level: weighted factory for the DP-SGD updates
         (e.g. a secure sum); default TFF's weighted mean.
-      client_factory: client level: replaces DifferentiallyPrivateFactory (e.g.
-        TFF's distributed-DP secure aggregator); the caller accounts its events.
     """
     if self.config.level == 'client':
       kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer(self._algorithm),
                     server_optimizer_fn=server_optimizer(self._algorithm),
-                    model_aggregator=client_factory or self._factory)
+                    model_aggregator=self._factory,
+                    metrics_aggregator=no_training_metrics)
       if self._algorithm.name == 'fedprox':
         return tff.learning.algorithms.build_unweighted_fed_prox(
             proximal_strength=self._algorithm.fedprox_mu, **kwargs), None
@@ -320,11 +304,8 @@ class DpTraining:
   def cohort(self, hospitals: Sequence[str]) -> list[str]:
     """Client level: the hospitals of one round, drawn from OS randomness (never
     the experiment seed), so that the cohort is secret from whoever does not see
-    the round: independent Poisson draws with q, or (TFF's aggregator, whose
-    noise shares are sized for m) exactly m hospitals."""
+    the round: independent Poisson draws with q."""
     draw = secrets.SystemRandom()
-    if self.aggregation == 'tff':
-      return sorted(draw.sample(list(hospitals), self._cohort_size))
     q = self.sampling_rates[STUDY]
     return [h for h in hospitals if q == 1 or draw.random() < q]
 
@@ -351,10 +332,9 @@ class DpTraining:
     released = dp_accounting.NoOpDpEvent() if aborted else central_event or planned
     events = {}
     if self.aggregation != 'central':
-      server_event = server_event or dp_accounting.GaussianDpEvent(
-          self.noise_multiplier * self.server_noise_factor)
+      server_event = server_event or planned
       events['server'] = {h: [server_event] for h in cohort}
-    if self._amplified:
+    if self.hides_cohort:
       events['observers'] = {STUDY: [accounting.sampled_round_event(
           released, self.sampling_rates[STUDY])]}
     elif self.aggregation == 'central':
@@ -421,12 +401,6 @@ class DpTraining:
 
   def approximations(self) -> list[str]:
     notes = []
-    if self.config.level == 'client' and self.aggregation == 'tff':
-      notes.append("TFF's distributed aggregator adds distributed Skellam noise and "
-                   'tunes its clip with a private quantile estimate; it is accounted as '
-                   'a Gaussian of the same noise multiplier, which TFF itself states is '
-                   'not exact; the secure sum itself runs as a plain sum in this '
-                   'simulation, so the server epsilon assumes a real secure sum')
     if self.config.level == 'client' and self.aggregation == 'masking':
       notes.append('the masked sum of discrete Gaussian noise shares is accounted as a '
                    'continuous Gaussian of the same std; it differs from one discrete '
@@ -460,8 +434,7 @@ class DpTraining:
         'accountant': c.accountant, 'epsilon': eps, 'delta': self.delta,
         'epsilon_adversary': headline,
         'noise_multiplier': self.noise_multiplier,
-        'l2_norm_clip': (None if c.level == 'client' and self.aggregation == 'tff'
-                         else c.l2_norm_clip),
+        'l2_norm_clip': c.l2_norm_clip,
         'per_hospital': adversaries[headline]['per_unit'],
         'non_private_rounds': adversaries[headline]['non_private_rounds'],
         'adversaries': adversaries,
@@ -509,7 +482,7 @@ class DpTraining:
     test = 'not protected: computed on held-out test records, which no epsilon covers'
     cohort = ('not released, nor anything per round that varies with it (aggregator '
               'measurements, round seconds): hiding the cohort is what amplification '
-              'by hospital sampling needs' if self._amplified else
+              'by hospital sampling needs' if self.hides_cohort else
               'not protected: chosen without looking at records (public)')
     return {
         'model weights (saved_model, every round to the server)': f'accounted DP ({self.config.level} level)',
@@ -528,7 +501,7 @@ class DpTraining:
     released: training statistics always; under amplification everything that
     varies with the cohort's size (its count, the aggregator's measurements,
     the round's duration)."""
-    if self._amplified:
+    if self.hides_cohort:
       return {k: v for k, v in metrics.items() if k in ('eval', 'privacy')}
     kept = {k: v for k, v in metrics.items() if k != 'train'}
     if 'aggregator' in metrics:

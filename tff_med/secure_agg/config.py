@@ -1,8 +1,8 @@
 """`--secure_agg` modes and the aggregation each one plugs into training.
 
 - `none`: TFF's plain weighted mean (float32 updates in the clear to the server).
-- `tff`: `QuantizedSecureSumFactory` inside `tff.aggregators.MeanFactory`; with
-  `--dp=client`, TFF's distributed-DP aggregator `tff.learning.ddp_secure_aggregator`.
+- `tff`: `QuantizedSecureSumFactory` inside `tff.aggregators.MeanFactory` (with
+  `--dp=client` refused: see `training.TrainConfig.validate`).
   Runs under TFF's test context, which lowers secure sums to plain sums.
 - `masking`: `MaskedLearningProcess`, the pairwise-masking protocol.
 
@@ -12,7 +12,6 @@ Secure aggregation sums unweighted updates, so it needs `--client_weighting=unif
 import dataclasses
 import math
 
-import tensorflow_federated as tff
 
 from tff_med.secure_agg.tff_secure_sum import Quantizer
 
@@ -78,20 +77,3 @@ class SecureAggConfig:
     if self.mode == 'none':
       return FLOAT_BYTES * num_params
     return math.ceil(self.bits / 8) * num_params
-
-
-def ddp_factory(noise_multiplier: float, expected_clients: int, bits: int
-                ) -> tff.aggregators.UnweightedAggregationFactory:
-  """TFF's distributed-DP secure aggregator (`--secure_agg=tff --dp=client`),
-  at most 22 bits (TFF's limit). Raises ValueError with the way out where TFF
-  refuses the cohort (its adaptive clipping needs many hospitals per round)."""
-  try:
-    return tff.learning.ddp_secure_aggregator(noise_multiplier, expected_clients,
-                                              bits=min(bits, 22), zeroing=False)
-  except ValueError as e:
-    raise ValueError(
-        f'--secure_agg=tff with --dp=client uses TFF\'s distributed-DP aggregator, whose '
-        f'adaptive clipping refuses {expected_clients} hospitals per round at noise '
-        f'multiplier {noise_multiplier:.3g} (TFF: "{e}"). Use --secure_agg=masking, which '
-        'adds each hospital\'s share of the Gaussian noise before masking, or more '
-        'hospitals per round.') from e
