@@ -48,10 +48,11 @@ def summarize(runs: Sequence[tuple[dict, dict]]) -> dict:
       'attack_tpr_at_1pct_fpr': mean_std([b.get('tpr_at_fpr_1pct') for b in overall]),
       # Each seed's bound holds with confidence 1 - alpha, so does their minimum
       # (a mean or maximum over seeds would not).
-      'epsilon_lower_bound': min(audit['epsilon_lower_bound'] for audit in audits),
+      'epsilon_lower_bound': float(np.min([audit['epsilon_lower_bound'] for audit in audits])),
       'epsilon_lower_bound_confidence': audits[0]['epsilon_lower_bound_confidence'],
-      'max_certifiable_epsilon': min(audit['epsilon_lower_bound_details']['max_certifiable']
-                                     for audit in audits),
+      'max_certifiable_epsilon': float(np.min([
+          audit['epsilon_lower_bound_details'].get('max_certifiable', math.nan)
+          for audit in audits])),
       'attack_auc_per_hospital': {
           h: mean_std([(a['global_model']['per_hospital'][h]['best'] or {}).get('auc')
                     for _, a in runs]) for h in hospitals},

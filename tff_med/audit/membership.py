@@ -135,9 +135,14 @@ def _epsilon_lower_bound(inputs: mia_data.AttackInputData, attack_types, delta: 
   return split_half_bound(halves['selection'], halves['evaluation'], delta, alpha)
 
 
+NOT_RANDOM = ('members and non-members are not a random split of one pool (official '
+              'train/test sets), so a member-vs-non-member test would measure their '
+              'difference, not the model: no bound')
+
+
 def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
                    attack_types=DEFAULT_ATTACKS, seed: int = 0, delta: float | None = None,
-                   alpha: float = DEFAULT_ALPHA) -> dict:
+                   alpha: float = DEFAULT_ALPHA, random_split: bool = True) -> dict:
   """Attacks `model` with members `train_xy` and non-members `test_xy`.
 
   Returns {num_members, num_non_members, fpr_resolution (1 / num_non_members),
@@ -147,6 +152,7 @@ def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
   epsilon_lower_bound, epsilon_lower_bound_confidence, epsilon_lower_bound_details};
   metrics and the bound as in the module docstring. `delta`: the bound's delta;
   None = default_record_delta of the members (what a DP run on them would use).
+  Without a `random_split` the bound is NaN and its details say why.
   `seed` seeds the bound's half split and numpy's global generator, which the
   trained attackers draw on, for the call only.
   """
@@ -162,7 +168,8 @@ def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
       # thresholds and drops the resulting NaNs itself.
       warnings.filterwarnings('ignore', category=RuntimeWarning, module='tensorflow_privacy')
       results = mia.run_attacks(inputs, attack_types=attack_types)
-      bound = _epsilon_lower_bound(inputs, attack_types, delta, alpha, seed)
+      bound = (_epsilon_lower_bound(inputs, attack_types, delta, alpha, seed)
+               if random_split else {'refused': NOT_RANDOM})
   finally:
     np.random.set_state(state)
   num_non_members = inputs.get_test_size()
@@ -177,7 +184,7 @@ def audit_hospital(model: tf.keras.Model, train_xy: Arrays, test_xy: Arrays,
       'best': None if best is None else {'attack': best.attack_type.name,
                                          **attacks[best.attack_type.name]},
       'skipped': [t.name for t in attack_types if t.name not in attacks],
-      'epsilon_lower_bound': float('nan') if bound is None else bound['epsilon_lower_bound'],
+      'epsilon_lower_bound': (bound or {}).get('epsilon_lower_bound', float('nan')),
       'epsilon_lower_bound_confidence': 1 - alpha,
       'epsilon_lower_bound_details': bound,
   }
@@ -196,10 +203,11 @@ def audit(model: tf.keras.Model, data: FederatedData, attack_types=DEFAULT_ATTAC
   delta = data_delta(data) if delta is None else delta
   return {
       'per_hospital': {h: audit_hospital(model, data.train_arrays(h), data.test[h],
-                                         attack_types, seed, delta, alpha)
+                                         attack_types, seed, delta, alpha,
+                                         data.random_split)
                        for h in data.hospitals},
       'overall': audit_hospital(model, data.pooled('train'), data.pooled('test'),
-                                attack_types, seed, delta, alpha),
+                                attack_types, seed, delta, alpha, data.random_split),
   }
 
 
@@ -210,4 +218,4 @@ def audit_local_model(model: tf.keras.Model, data: FederatedData, hospital: str,
   at `delta` (None = data_delta(data), as audit)."""
   return audit_hospital(model, data.train_arrays(hospital), data.test[hospital],
                         attack_types, seed, data_delta(data) if delta is None else delta,
-                        alpha)
+                        alpha, data.random_split)

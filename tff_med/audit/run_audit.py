@@ -128,11 +128,12 @@ def format_result(result: dict) -> str:
   for name, r in rows:
     lines.append(f'{name:32s} ' + ' '.join(f'{v:20.3f}' for v in headline(r).values()))
   overall = result['global_model']['overall']
-  lines.append(f"epsilon_lower_bound: {overall['epsilon_lower_bound_confidence']:.0%} "
+  details = overall['epsilon_lower_bound_details']
+  lines.append(f"epsilon_lower_bound: {details['refused']}" if 'refused' in details else
+               f"epsilon_lower_bound: {overall['epsilon_lower_bound_confidence']:.0%} "
                f"confidence lower bound at delta={result['epsilon_lower_bound_delta']:.3g} "
                'for the attacks tried (not an upper bound); overall these records '
-               'certify at most '
-               f"{overall['epsilon_lower_bound_details']['max_certifiable']:.2f}")
+               f"certify at most {details['max_certifiable']:.2f}")
   privacy = result.get('privacy')
   if privacy:
     lines.append(f"accountant: {privacy['statement']}")

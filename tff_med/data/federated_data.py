@@ -63,6 +63,9 @@ class FederatedData:
       'data_dependent' (True when a transformation of the model's inputs used
       statistics of the records, which a DP guarantee does not cover) and
       'source' (one line: where the ranges or statistics came from).
+    random_split: whether each hospital's training and test records were drawn
+      at random from one pool (False for MedMNIST's official train/test sets),
+      which a membership audit's statistical bound needs.
   """
   name: str
   hospitals: tuple[str, ...]
@@ -73,11 +76,13 @@ class FederatedData:
   description: str = ''
   preprocessing: Mapping[str, str | bool] = dataclasses.field(
       default_factory=lambda: dict(AS_GIVEN))
+  random_split: bool = True
 
   @classmethod
   def from_arrays(cls, name: str, train: Mapping[str, Arrays], test: Mapping[str, Arrays],
                   feature_names: Sequence[str] | None = None, description: str = '',
-                  preprocessing: Mapping[str, str | bool] | None = None) -> 'FederatedData':
+                  preprocessing: Mapping[str, str | bool] | None = None,
+                  random_split: bool = True) -> 'FederatedData':
     """Validates per-hospital arrays and builds the ClientData.
 
     Raises:
@@ -109,7 +114,8 @@ class FederatedData:
                test=test_arrays,
                train_sizes={h: len(slices[h]['y']) for h in hospitals},
                feature_names=tuple(feature_names) if feature_names else None,
-               description=description, preprocessing=dict(preprocessing or AS_GIVEN))
+               description=description, preprocessing=dict(preprocessing or AS_GIVEN),
+               random_split=random_split)
 
   @classmethod
   def from_client_data(cls, name: str, train: tff.simulation.datasets.ClientData,

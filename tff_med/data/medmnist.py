@@ -50,7 +50,8 @@ def load(data_dir: str, name: str, num_hospitals: int = 3, partition: str = 'pro
   return FederatedData.from_arrays(
       name, train, test, description=f'{name} (official train/test): {description}',
       preprocessing=preprocess.preprocessing(
-          'pixels/255', False, 'the fixed 8-bit pixel range 0..255, no statistics of the records'))
+          'pixels/255', False, 'the fixed 8-bit pixel range 0..255, no statistics of the records'),
+      random_split=False)
 
 
 def read_npz(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
