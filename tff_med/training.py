@@ -295,11 +295,12 @@ def _train_federated(data, keras_model_fn, config, outputs, model_aggregator, pr
       process.get_model_weights(state).assign_weights_to(global_model)
       evaluation = evaluate(global_model, data)
       metrics['eval'] = _flat_eval(evaluation)
-    held.append((metrics, round_num))
-    if outputs and progress.timed:
-      outputs.release(*held.pop())
+    if outputs:
+      held.append((metrics, round_num))
+      if progress.timed:  # Else held to the end: release times would reveal the cohort.
+        outputs.release(*held.pop())
     progress.round_done(round_num, metrics.get('train', {}).get('loss'), evaluation)
-  for metrics, round_num in held if outputs else ():  # Timing hidden: released at the end.
+  for metrics, round_num in held:
     outputs.release(metrics, round_num)
   progress.flush()
   if evaluation is None:  # Stopped early: evaluate the model as it stands.
