@@ -91,9 +91,8 @@ class PrivacyConfig:
 
 @dataclasses.dataclass
 class _View:
-  """One adversary's accounting: its ledger, the noise factor of a worst-case
-  round relative to the noise multiplier, and whether hospital sampling is
-  claimed to amplify privacy against it."""
+  """One adversary's accounting: its ledger (None: nothing is claimed against
+  it) and whether hospital sampling is claimed to amplify privacy against it."""
   ledger: accounting.PrivacyLedger | None
   amplified: bool = False
 
