@@ -479,19 +479,21 @@ class DpTraining:
   def released(self) -> dict[str, str]:
     """What a DP run releases, each with its protection."""
     test = 'not protected: computed on held-out test records, which no epsilon covers'
-    cohort = ('not released, nor anything per round that varies with it (aggregator '
-              'measurements, round seconds): hiding the cohort is what amplification '
-              'by hospital sampling needs' if self.hides_cohort else
-              'not protected: chosen without looking at records (public)')
+    hidden = 'not released: hiding the cohort is what amplification by hospital sampling needs'
+    timing = (hidden if self.hides_cohort else
+              'not protected: depend on the model size, the cohort and the machine, not on '
+              'records')
     return {
         'model weights (saved_model, every round to the server)': f'accounted DP ({self.config.level} level)',
         'epsilon per round (TensorBoard, metrics.csv)': 'public: computed from the DP events only',
         'test-set accuracy and AUC per hospital and pooled': test,
-        'training loss, accuracy and AUC': 'not released under DP (un-noised statistics of training records)',
+        'training loss, accuracy and AUC': 'not released, not even to the server: under DP '
+                                           'no hospital computes them for it',
         'hospital names and training sizes (summary.json)': 'not protected: declared public (hence the substitution bound)',
-        'hospitals per round, dropouts, aborts': cohort,
-        'bytes per hospital, round seconds': 'not protected: depend on the model size, the cohort and the machine, not on records',
-        'total wall seconds (summary.json)': 'not protected: a timing side channel on the number of hospital-rounds, outside every adversary model here',
+        'hospitals per round, dropouts, aborts': (
+            hidden if self.hides_cohort else
+            'not protected: chosen without looking at records (public)'),
+        'bytes per hospital, round seconds, wall seconds, event times': timing,
         'preprocessing': f"not protected and data-independent: {self._data.preprocessing.get('source', '')}",
     }
 
