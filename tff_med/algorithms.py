@@ -42,7 +42,7 @@ def client_optimizer(config: AlgorithmConfig) -> tff.learning.optimizers.Optimiz
 
 def client_weighting(config: AlgorithmConfig) -> tff.learning.ClientWeighting:
   if config.client_weighting not in CLIENT_WEIGHTINGS:
-    raise ValueError(f'--client_weighting={config.client_weighting!r}: choose one of '
+    raise ValueError(f'algorithm.client_weighting={config.client_weighting!r}: choose one of '
                      f'{tuple(CLIENT_WEIGHTINGS)}')
   return CLIENT_WEIGHTINGS[config.client_weighting]
 
@@ -56,26 +56,37 @@ def server_optimizer(config: AlgorithmConfig) -> tff.learning.optimizers.Optimiz
     return tff.learning.optimizers.build_yogi(config.server_lr, epsilon=_ADAPTIVE_EPSILON)
   if config.name == 'fedadagrad':
     return tff.learning.optimizers.build_adagrad(config.server_lr, epsilon=_ADAPTIVE_EPSILON)
-  raise ValueError(f'--algorithm={config.name!r} is not federated; choose one of {FEDERATED}')
+  raise ValueError(f'algorithm.name={config.name!r} is not federated; choose one of {FEDERATED}')
 
 
 def build_learning_process(
     config: AlgorithmConfig,
     model_fn: Callable[[], tff.learning.models.VariableModel],
     model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
+    weighted: bool = True,
+    metrics_aggregator=None,
 ) -> tff.learning.templates.LearningProcess:
   """The learning process of `config.name`, client updates weighted as
-  `config.client_weighting` says.
+  `config.client_weighting` says (`weighted` False: TFF's unweighted builder,
+  hospitals count equally).
 
   Args:
     model_aggregator: how client model deltas are combined (default: TFF's
-      weighted mean); any `tff.aggregators` weighted factory plugs in here.
+      mean); any `tff.aggregators` factory of the matching kind plugs in here.
+    metrics_aggregator: TFF's `metrics_aggregator` (default: TFF's, which sums
+      the hospitals' training metrics to the server in the clear).
   """
   kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer(config),
                 server_optimizer_fn=server_optimizer(config),
-                client_weighting=client_weighting(config),
                 model_aggregator=model_aggregator)
+  if metrics_aggregator is not None:
+    kwargs['metrics_aggregator'] = metrics_aggregator
+  if weighted:
+    kwargs['client_weighting'] = client_weighting(config)
   if config.name == 'fedprox':
-    return tff.learning.algorithms.build_weighted_fed_prox(
-        proximal_strength=config.fedprox_mu, **kwargs)
-  return tff.learning.algorithms.build_weighted_fed_avg(**kwargs)
+    build = (tff.learning.algorithms.build_weighted_fed_prox if weighted
+             else tff.learning.algorithms.build_unweighted_fed_prox)
+    return build(proximal_strength=config.fedprox_mu, **kwargs)
+  build = (tff.learning.algorithms.build_weighted_fed_avg if weighted
+           else tff.learning.algorithms.build_unweighted_fed_avg)
+  return build(**kwargs)

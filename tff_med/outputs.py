@@ -16,13 +16,13 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 
-def _json_safe(value):
+def json_safe(value):
   """NaN -> None (an undefined metric), +-inf -> "inf"/"-inf" (e.g. an infinite
   epsilon; JSON has neither); numpy scalars -> Python numbers."""
   if isinstance(value, dict):
-    return {str(k): _json_safe(v) for k, v in value.items()}
+    return {str(k): json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if hasattr(value, 'item') and not isinstance(value, (str, bytes)):
     value = value.item()
   if isinstance(value, float) and math.isnan(value):
@@ -34,7 +34,7 @@ def _json_safe(value):
 
 def write_json(path: str, value) -> None:
   with open(path, 'w') as f:
-    json.dump(_json_safe(value), f, indent=2, sort_keys=False)
+    json.dump(json_safe(value), f, indent=2, sort_keys=False)
     f.write('\n')
 
 

@@ -1,8 +1,8 @@
 """Differential-privacy accounting on `dp_accounting`: events, epsilon, calibration, ledger.
 
-Record level (`--dp=record`): each hospital is its own accounting unit; one round
+Record level (`privacy.level=record`): each hospital is its own accounting unit; one round
 at hospital k is `dp_sgd_event(batch_size / n_k, noise_multiplier, steps)`.
-Hospital level (`--dp=client`): one unit for the whole federation; one round is
+Hospital level (`privacy.level=client`): one unit for the whole federation; one round is
 `sampled_round_event(<TFF aggregation DpEvent>, clients_per_round / hospitals)`.
 Epsilon always comes from composing all of a unit's events in one accountant.
 """
@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
+import attr
 import dp_accounting
 from dp_accounting import pld, rdp
 
@@ -23,7 +24,7 @@ _ACCOUNTANT_FNS = {'rdp': rdp.RdpAccountant, 'pld': pld.PLDAccountant}
 def make_accountant(name: str) -> dp_accounting.PrivacyAccountant:
   """A fresh RDP (default orders) or PLD (default discretisation) accountant."""
   if name not in _ACCOUNTANT_FNS:
-    raise ValueError(f'--accountant={name!r}: choose one of {ACCOUNTANTS}')
+    raise ValueError(f'privacy.accountant={name!r}: choose one of {ACCOUNTANTS}')
   return _ACCOUNTANT_FNS[name]()
 
 
@@ -49,6 +50,27 @@ def dp_sgd_event(sampling_rate: float, noise_multiplier: float,
   return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
+def event_to_json(event: dp_accounting.DpEvent) -> dict:
+  """`event` as JSON: its class name and attrs fields, nested events recursed.
+  (`DpEvent.to_named_tuple` loses the names in JSON, hence these two.)"""
+  def value(v):
+    if isinstance(v, dp_accounting.DpEvent):
+      return event_to_json(v)
+    return [value(x) for x in v] if isinstance(v, (list, tuple)) else v
+  return {'_type': type(event).__name__,
+          **{f.name: value(getattr(event, f.name)) for f in attr.fields(type(event))}}
+
+
+def event_from_json(obj: dict) -> dp_accounting.DpEvent:
+  """Inverse of `event_to_json`."""
+  def value(v):
+    if isinstance(v, dict) and '_type' in v:
+      return event_from_json(v)
+    return [value(x) for x in v] if isinstance(v, list) else v
+  fields = {k: value(v) for k, v in obj.items() if k != '_type'}
+  return getattr(dp_accounting, obj['_type'])(**fields)
+
+
 def epsilon(events: Sequence[dp_accounting.DpEvent], delta: float, accountant: str) -> float:
   """Epsilon at `delta` of all `events` composed in one fresh accountant.
 
@@ -61,8 +83,8 @@ def epsilon(events: Sequence[dp_accounting.DpEvent], delta: float, accountant: s
     for event in events:
       acc.compose(event)
   except dp_accounting.UnsupportedEventError as err:
-    raise ValueError(f'--accountant={accountant!r} cannot account for this run '
-                     f'(try --accountant=rdp): {err}') from err
+    raise ValueError(f'privacy.accountant={accountant!r} cannot account for this run '
+                     f'(try privacy.accountant=rdp): {err}') from err
   return float(acc.get_epsilon(delta))
 
 
@@ -78,23 +100,23 @@ def default_record_delta(num_train_rows: Mapping[str, int]) -> float:
 
 
 def check_record_delta(delta: float, num_train_rows: Mapping[str, int]) -> None:
-  """Raises ValueError naming `--target_delta` unless 0 < delta <= 1 / (10 n_k) for
+  """Raises ValueError naming `privacy.target_delta` unless 0 < delta <= 1 / (10 n_k) for
   every hospital k (n_k its training rows): a delta near 1 / n_k allows the
   mechanism to release one of n_k records outright."""
   if not 0 < delta < 1:
-    raise ValueError(f'--target_delta={delta}: must be in (0, 1)')
+    raise ValueError(f'privacy.target_delta={delta}: must be in (0, 1)')
   for hospital, rows in sorted(num_train_rows.items(), key=lambda item: -item[1]):
     if delta > 1 / (DELTA_MARGIN * rows):
-      raise ValueError(f'--target_delta={delta}: must be at most 1/({DELTA_MARGIN} x {rows}) '
+      raise ValueError(f'privacy.target_delta={delta}: must be at most 1/({DELTA_MARGIN} x {rows}) '
                        f'because hospital {hospital!r} has {rows} training rows (default: '
                        f'{default_record_delta(num_train_rows):g})')
 
 
 def check_hospital_delta(delta: float, num_hospitals: int) -> None:
-  """Raises ValueError naming `--target_delta` unless 0 < delta <= 1 / (10 N) for
+  """Raises ValueError naming `privacy.target_delta` unless 0 < delta <= 1 / (10 N) for
   N hospitals (hospital-level DP: each hospital's whole dataset is one unit)."""
   if not 0 < delta <= 1 / (DELTA_MARGIN * num_hospitals):
-    raise ValueError(f'--target_delta={delta}: hospital-level DP needs 0 < delta <= '
+    raise ValueError(f'privacy.target_delta={delta}: hospital-level DP needs 0 < delta <= '
                      f'1/({DELTA_MARGIN} x {num_hospitals} hospitals) = '
                      f'{1 / (DELTA_MARGIN * num_hospitals):.3g}')
 
@@ -114,7 +136,7 @@ def calibrate_noise_multiplier(
   """The smallest noise multiplier sigma with epsilon(event_fns[unit](sigma)) <=
   `target_epsilon` for every unit; 0.0 (no noise) when the target is infinite."""
   if not target_epsilon > 0:
-    raise ValueError(f'--target_epsilon={target_epsilon}: must be positive')
+    raise ValueError(f'privacy.target_epsilon={target_epsilon}: must be positive')
   if math.isinf(target_epsilon):
     return 0.0
   fresh_accountant = functools.partial(make_accountant, accountant)
@@ -138,10 +160,10 @@ class PrivacyLedger:
     """`sampling_rates`: per unit, the Poisson sampling probability of one step
     (record level) or one round (hospital level); its keys are the units."""
     if level not in LEVELS:
-      raise ValueError(f'--dp={level!r}: the ledger needs one of {LEVELS}')
+      raise ValueError(f'privacy.level={level!r}: the ledger needs one of {LEVELS}')
     make_accountant(accountant)  # Validates the name.
     if not 0 < delta < 1:
-      raise ValueError(f'--target_delta={delta}: must be in (0, 1)')
+      raise ValueError(f'privacy.target_delta={delta}: must be in (0, 1)')
     if not sampling_rates:
       raise ValueError('the ledger needs at least one accounting unit')
     self._level = level
@@ -170,6 +192,22 @@ class PrivacyLedger:
       else:
         merged[index] = (event, merged[index][1] + 1)
     return merged
+
+  def checkpoint(self) -> dict:
+    """The recorded events, steps and un-noised rounds per unit, as JSON."""
+    return {'events': {u: [[event_to_json(e), n] for e, n in counted]
+                       for u, counted in self._events.items()},
+            'steps': dict(self._steps), 'non_private': dict(self._non_private)}
+
+  def restore(self, saved: dict) -> None:
+    """Continues from `checkpoint()`'s value (same units)."""
+    if set(saved['events']) != set(self._events):
+      raise ValueError(f'saved ledger units {sorted(saved["events"])} are not this '
+                       f'run\'s {sorted(self._events)}')
+    self._events = {u: [(event_from_json(e), n) for e, n in counted]
+                    for u, counted in saved['events'].items()}
+    self._steps, self._non_private = dict(saved['steps']), dict(saved['non_private'])
+    self._cache = {}
 
   def record(self, unit: str, event: dp_accounting.DpEvent, steps: int = 0) -> None:
     """Adds one round's `event` for `unit` and its `steps` noisy steps."""

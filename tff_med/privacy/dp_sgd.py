@@ -98,9 +98,9 @@ def build_dp_sgd_client_work(
   statistic of the records reaches the server.
   """
   if not l2_norm_clip > 0:
-    raise ValueError(f'--l2_norm_clip={l2_norm_clip}: must be positive')
+    raise ValueError(f'privacy.l2_norm_clip={l2_norm_clip}: must be positive')
   if not noise_multiplier >= 0:
-    raise ValueError(f'--noise_multiplier={noise_multiplier}: must be non-negative')
+    raise ValueError(f'privacy.noise_multiplier={noise_multiplier}: must be non-negative')
   with tf.Graph().as_default():
     model = model_fn()
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))

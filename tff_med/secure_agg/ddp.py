@@ -1,4 +1,4 @@
-"""Distributed discrete Gaussian noise for masking (`--secure_agg=masking --dp=client`).
+"""Distributed discrete Gaussian noise for masking (`secure_agg.mode=masking privacy.level=client`).
 
 Each hospital clips its update to L2 norm C (`l2_norm_clip`), quantises it with
 the `Quantizer` below (deterministic rounding, scale = levels / (2 secagg_clip)
@@ -9,7 +9,7 @@ hence the affine offset (levels / 2 per coordinate and survivor); beyond it one
 hospital's update moves the integer sum by at most (L2, d parameters)
   Delta_int = scale C + sqrt(d) / 2.
 
-Collusion. The server and k colluding hospitals (`--secagg_colluders`) know the
+Collusion. The server and k colluding hospitals (`secure_agg.colluders`) know the
 colluders' noise shares, and the target hospital's own share is conservatively
 not counted. Hospitals refuse to reveal below the threshold t, so the worst
 released round has t survivors and h_worst = t - k - 1 honest shares; a share has
@@ -61,7 +61,7 @@ class DistributedDiscreteGaussian:
     self.num_params, self.max_cohort = num_params, max_cohort
     self._cohorts = [n for n in range(2, max_cohort + 1) if self._honest_worst(n) >= 1]
     if not self._cohorts:
-      raise ValueError(f'--secagg_colluders={secure.colluders}: no cohort of up to '
+      raise ValueError(f'secure_agg.colluders={secure.colluders}: no cohort of up to '
                        f'{max_cohort} hospitals keeps an honest noise share')
     self.quantizer = self._fit_quantizer()
 
@@ -88,9 +88,9 @@ class DistributedDiscreteGaussian:
     falls as the headroom grows: fewer levels, smaller Delta_int)."""
     low, high = 0, (2**self.secure.bits - 1 - self.max_cohort) // 2  # high: levels = 1.
     if high < 0 or self._headroom_needed(high) > high:
-      raise ValueError(f'--secagg_bits={self.secure.bits} leaves no room for the noise of '
+      raise ValueError(f'secure_agg.bits={self.secure.bits} leaves no room for the noise of '
                        f'{self.max_cohort} hospitals at noise multiplier '
-                       f'{self.noise_multiplier:.3g}; raise --secagg_bits')
+                       f'{self.noise_multiplier:.3g}; raise secure_agg.bits')
     while low < high:  # Smallest headroom h with need(h) <= h.
       middle = (low + high) // 2
       if self._headroom_needed(middle) <= middle:

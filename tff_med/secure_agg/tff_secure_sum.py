@@ -1,4 +1,4 @@
-"""Quantised secure summation with TFF's secure-sum intrinsic (`--secure_agg=tff`).
+"""Quantised secure summation with TFF's secure-sum intrinsic (`secure_agg.mode=tff`).
 
 Each hospital clips every value of its update to [-clip, clip] and maps it
 affinely onto the integers 0..levels, levels = (2^bits - 1) // num_clients, so
@@ -36,14 +36,14 @@ class Quantizer:
 
   def __post_init__(self):
     if not 2 <= self.bits <= 32:
-      raise ValueError(f'--secagg_bits={self.bits}: must be between 2 and 32')
+      raise ValueError(f'secure_agg.bits={self.bits}: must be between 2 and 32')
     if not self.clip > 0:
-      raise ValueError(f'--secagg_clip={self.clip}: must be positive')
+      raise ValueError(f'secure_agg.clip={self.clip}: must be positive')
     if self.levels < 1:
-      raise ValueError(f'--secagg_bits={self.bits} leaves no integer level for each of '
+      raise ValueError(f'secure_agg.bits={self.bits} leaves no integer level for each of '
                        f'{self.num_clients} hospitals' + (
                            f' beside {self.headroom} for noise' if self.headroom else '')
-                       + '; raise --secagg_bits')
+                       + '; raise secure_agg.bits')
 
   @property
   def levels(self) -> int:

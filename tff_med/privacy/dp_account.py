@@ -1,14 +1,17 @@
-"""Differentially private federated training: the learning process, who takes part
-each round, and the DP events each round really produces, for both levels.
+"""The DP account of a federated run: who takes part each round, the DP events
+each round really produces, the budget, and the guarantee in words, for both
+levels. It builds no process: the mechanisms (`tff_med.mechanisms.record_dp`,
+`hospital_dp`) train; this class validates the privacy fields, calibrates the
+noise and keeps one `accounting.PrivacyLedger` per adversary.
 
-- `record`: DP-SGD inside each hospital (`dp_sgd.py`). Unit: one patient record
-  at one hospital; its hospital's event per round it joins is
+- `record`: DP-SGD inside each hospital. Unit: one patient record at one
+  hospital; its hospital's event per round it reports is
   dp_sgd_event(batch_size / n_k, noise_multiplier, local steps). The noise is
   added inside the hospital, so the epsilon holds against everyone who sees the
   hospital's updates, the server included. Hospitals are chosen as without DP.
-- `client`: hospital-level DP; unit: one hospital's whole dataset. Three
+- `client`: hospital-level DP; unit: one hospital's whole dataset. Two
   aggregations, each with its own adversaries (`ADVERSARIES`):
-  - `central` (`--secure_agg=none`): DP-FedAvg with
+  - `central` (secure_agg.mode=none): DP-FedAvg with
     `tff.aggregators.DifferentiallyPrivateFactory`; the server sees clear
     updates, so nothing is claimed against it. Observers of the released models
     get epsilon from TFF's own DP event per round, amplified by Poisson sampling
@@ -17,11 +20,10 @@ each round, and the DP events each round really produces, for both levels.
     releases a noised model, and nothing released varies with the cohort.
   - `masking`: each hospital adds its noise share before masking; against the
     server plus up to `colluders` hospitals, a hospital is charged, for each
-    round it joined, a Gaussian event with the noise the honest survivors
+    round it reported in, a Gaussian event with the noise the honest survivors
     other than itself really carried (no amplification: the server sees the
     cohort, and an aborted round shows observers that few survived; observers
     see less than the server, so the server's epsilon bounds theirs).
-  `--secure_agg=tff` with hospital-level DP is refused (`training.py` says why).
 
 Schedules (record level): `every_round` noises every round; `first_round` and
 `every_n` (noise in rounds 1, 1 + N, 1 + 2N, ...) train the other rounds
@@ -35,17 +37,12 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 
 import dp_accounting
-import tensorflow as tf
-import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import differential_privacy as tff_dp
 
-from tff_med.algorithms import (AlgorithmConfig, client_optimizer, client_weighting,
-                                server_optimizer)
+from tff_med.algorithms import AlgorithmConfig
 from tff_med.data.federated_data import FederatedData
-from tff_med.models.tff_model import loss as model_loss
 from tff_med.privacy import accounting
 from tff_med.privacy import dp_sgd
-from tff_med.privacy.training_metrics import no_training_metrics
 
 LEVELS = ('none', 'record', 'client')
 SCHEDULES = ('every_round', 'first_round', 'every_n')
@@ -97,9 +94,9 @@ class _View:
   amplified: bool = False
 
 
-class DpTraining:
-  """Everything level-specific in a DP run. Construct before training: it
-  validates the flags and calibrates the noise, raising ValueError naming the flag.
+class DpAccount:
+  """The DP account of one run. Construct before training: it validates the
+  privacy fields and calibrates the noise, raising ValueError naming the field.
 
   `aggregation` (hospital level): 'central' or 'masking' (see the module
   docstring); `colluders`: hospitals assumed to collude with the server
@@ -133,8 +130,8 @@ class DpTraining:
       self.sampling_rates = {STUDY: self._cohort_size / num_hospitals}
     if (config.level == 'client' and config.clipping == 'adaptive'
         and config.accountant == 'pld' and self.sampling_rates[STUDY] < 1):
-      raise ValueError('--accountant=pld cannot account adaptive clipping with sampled '
-                       'hospitals (a Poisson-sampled composed event); use --accountant=rdp')
+      raise ValueError('privacy.accountant=pld cannot account adaptive clipping with sampled '
+                       'hospitals (a Poisson-sampled composed event); use privacy.accountant=rdp')
     self.noise_multiplier = config.noise_multiplier
     if self.noise_multiplier is None:
       self.noise_multiplier = accounting.calibrate_noise_multiplier(
@@ -142,53 +139,49 @@ class DpTraining:
       log(f'calibrated noise multiplier {self.noise_multiplier:.4f} for epsilon '
           f'{config.target_epsilon} at delta {self.delta:g} ({config.accountant}, worst '
           'case of every round)')
-    # Built now so that TFF's refusals (e.g. adaptive clipping on a small cohort)
-    # come before training.
-    self._factory = (self._client_level_factory()
-                     if config.level == 'client' and aggregation == 'central' else None)
     self.views = self._views()
 
   def _check_flags(self) -> None:
     c = self.config
     if c.level not in LEVELS[1:]:
-      raise ValueError(f'--dp={c.level!r}: choose one of {LEVELS}')
+      raise ValueError(f'privacy.level={c.level!r}: choose one of {LEVELS}')
     if c.accountant not in accounting.ACCOUNTANTS:
-      raise ValueError(f'--accountant={c.accountant!r}: choose one of {accounting.ACCOUNTANTS}')
+      raise ValueError(f'privacy.accountant={c.accountant!r}: choose one of {accounting.ACCOUNTANTS}')
     if (c.noise_multiplier is None) == (c.target_epsilon is None):
-      raise ValueError('give exactly one of --noise_multiplier and --target_epsilon')
+      raise ValueError('give exactly one of privacy.noise_multiplier and privacy.target_epsilon')
     if c.noise_multiplier is not None and not c.noise_multiplier >= 0:
-      raise ValueError(f'--noise_multiplier={c.noise_multiplier}: must be non-negative')
+      raise ValueError(f'privacy.noise_multiplier={c.noise_multiplier}: must be non-negative')
     if not c.l2_norm_clip > 0:
-      raise ValueError(f'--l2_norm_clip={c.l2_norm_clip}: must be positive')
+      raise ValueError(f'privacy.l2_norm_clip={c.l2_norm_clip}: must be positive')
     if c.max_epsilon is not None and not c.max_epsilon > 0:
-      raise ValueError(f'--max_epsilon={c.max_epsilon}: must be positive')
+      raise ValueError(f'privacy.max_epsilon={c.max_epsilon}: must be positive')
     if (c.max_epsilon is not None and c.target_epsilon is not None
         and c.max_epsilon < c.target_epsilon):
-      raise ValueError(f'--max_epsilon={c.max_epsilon} is below --target_epsilon='
+      raise ValueError(f'privacy.max_epsilon={c.max_epsilon} is below privacy.target_epsilon='
                        f'{c.target_epsilon}: the run would stop before its planned rounds')
     if c.schedule not in SCHEDULES:
-      raise ValueError(f'--dp_schedule={c.schedule!r}: choose one of {SCHEDULES}')
+      raise ValueError(f'privacy.schedule={c.schedule!r}: choose one of {SCHEDULES}')
     if c.schedule == 'every_n' and c.every < 1:
-      raise ValueError(f'--dp_every={c.every}: must be at least 1')
+      raise ValueError(f'privacy.every={c.every}: must be at least 1')
     if c.clipping not in CLIPPINGS:
-      raise ValueError(f'--dp_clipping={c.clipping!r}: choose one of {CLIPPINGS}')
+      raise ValueError(f'privacy.clipping={c.clipping!r}: choose one of {CLIPPINGS}')
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f'aggregation {self.aggregation!r}: one of {AGGREGATIONS}')
     if self._data.preprocessing.get('data_dependent', True):
       raise ValueError(
-          f"--dp={c.level} needs features scaled without statistics of the records: the "
+          f"privacy.level={c.level} needs features scaled without statistics of the records: the "
           f"data were scaled by {self._data.preprocessing.get('scaling', 'an unknown method')}"
           ' (use --scaling=public_ranges, with --feature_ranges for CSV files)')
     if c.level == 'record':
       if self._algorithm.name == 'fedprox':
-        raise ValueError('--dp=record runs DP-SGD on each hospital, which has no '
-                         'proximal term: use --algorithm=fedavg, fedadam, fedyogi or '
+        raise ValueError('privacy.level=record runs DP-SGD on each hospital, which has no '
+                         'proximal term: use algorithm.name=fedavg, fedadam, fedyogi or '
                          'fedadagrad')
       if c.clipping != 'fixed':
-        raise ValueError('--dp_clipping=adaptive applies to --dp=client; DP-SGD clips '
-                         'each record at --l2_norm_clip')
+        raise ValueError('privacy.clipping=adaptive applies to privacy.level=client; DP-SGD clips '
+                         'each record at privacy.l2_norm_clip')
     elif c.schedule != 'every_round':
-      raise ValueError(f'--dp_schedule={c.schedule} applies to --dp=record; hospital-level '
+      raise ValueError(f'privacy.schedule={c.schedule} applies to privacy.level=record; hospital-level '
                        'DP noises every round')
 
   # Who is protected against whom.
@@ -246,59 +239,6 @@ class DpTraining:
       return (round_num - 1) % self.config.every == 0
     return True
 
-  # Processes.
-  def client_work(self, model_fn, noised: bool = True):
-    """Record level: the DP-SGD client work (un-noised and unclipped if not `noised`)."""
-    noise_multiplier, clip = ((self.noise_multiplier, self.config.l2_norm_clip) if noised
-                              else (0.0, 1e30))
-    return dp_sgd.build_dp_sgd_client_work(
-        model_fn, model_loss, self._algorithm.client_lr, clip, noise_multiplier,
-        self._batch_size, self._local_epochs, client_weighting(self._algorithm))
-
-  def build_processes(self, model_fn, model_aggregator=None) -> tuple:
-    """(process for noised rounds, process for un-noised rounds or None); both
-    share one state type, so a run may alternate between them. No training
-    statistic reaches the server (`training_metrics.py`).
-
-    Args:
-      model_aggregator: record level: weighted factory for the DP-SGD updates
-        (e.g. a secure sum); default TFF's weighted mean.
-    """
-    if self.config.level == 'client':
-      kwargs = dict(model_fn=model_fn, client_optimizer_fn=client_optimizer(self._algorithm),
-                    server_optimizer_fn=server_optimizer(self._algorithm),
-                    model_aggregator=self._factory,
-                    metrics_aggregator=no_training_metrics)
-      if self._algorithm.name == 'fedprox':
-        return tff.learning.algorithms.build_unweighted_fed_prox(
-            proximal_strength=self._algorithm.fedprox_mu, **kwargs), None
-      return tff.learning.algorithms.build_unweighted_fed_avg(**kwargs), None
-
-    def build(noised):
-      return dp_sgd.build_dp_sgd_learning_process(
-          model_fn, self.client_work(model_fn, noised), server_optimizer(self._algorithm),
-          model_aggregator)
-
-    return build(True), None if self.config.schedule == 'every_round' else build(False)
-
-  def _client_level_factory(self):
-    factory_cls = tff.aggregators.DifferentiallyPrivateFactory
-    expected = float(self._cohort_size)
-    if self.config.clipping == 'fixed':
-      return factory_cls.gaussian_fixed(self.noise_multiplier, expected,
-                                        self.config.l2_norm_clip)
-    try:
-      return factory_cls.gaussian_adaptive(self.noise_multiplier, expected,
-                                           initial_l2_norm_clip=self.config.l2_norm_clip)
-    except ValueError as e:
-      raise ValueError(
-          f'--dp_clipping=adaptive refuses a cohort of {self._cohort_size} hospitals at '
-          f'noise multiplier {self.noise_multiplier:.3g}: adaptive clipping spends part '
-          'of the privacy budget on a noised count of clipped hospitals, and with so few '
-          'hospitals that count cannot be noised enough (TFF: '
-          f'"{e}"). Use --dp_clipping=fixed with --l2_norm_clip, or more hospitals per '
-          'round.') from e
-
   # Rounds.
   def cohort(self, hospitals: Sequence[str]) -> list[str]:
     """Client level: the hospitals of one round, drawn from OS randomness (never
@@ -307,11 +247,6 @@ class DpTraining:
     draw = secrets.SystemRandom()
     q = self.sampling_rates[STUDY]
     return [h for h in hospitals if q == 1 or draw.random() < q]
-
-  def client_dataset(self, hospital: str) -> tf.data.Dataset:
-    """Record level: all of a hospital's records in one batch (DP-SGD samples them)."""
-    return (self._data.train.create_tf_dataset_for_client(hospital)
-            .batch(self._num_train[hospital]))
 
   def _round_events(self, cohort: Sequence[str], round_num: int,
                     server_event: dp_accounting.DpEvent | None = None,
@@ -349,7 +284,7 @@ class DpTraining:
                           state=None) -> float | None:
     """The epsilon after this round in its worst case (the fewest survivors a
     secure aggregation allows; TFF's own DP event read from `state` for central
-    hospital-level DP) if it exceeds --max_epsilon, else None."""
+    hospital-level DP) if it exceeds privacy.max_epsilon, else None."""
     if self.config.max_epsilon is None:
       return None
     after = self._max_epsilon(self._round_events(cohort, round_num,
@@ -367,14 +302,16 @@ class DpTraining:
       return None
 
   def record_round(self, cohort: Sequence[str], round_num: int, state=None,
-                   noisy_steps: int | None = None,
+                   noisy_steps: int | None = None, trained: Sequence[str] | None = None,
                    server_event: dp_accounting.DpEvent | None = None) -> None:
-    """Records the round that ran. Client level: `server_event` is the secure
-    aggregation's realised event (NoOp if it aborted); central DP reads TFF's
-    event from `state`. Record level: checks the client work's own count of noisy
-    steps against the accounted ones."""
+    """Records the round that ran; `cohort`: the hospitals whose updates it
+    released (not those that dropped out). Client level: `server_event` is the
+    secure aggregation's realised event (NoOp if it aborted); central DP reads
+    TFF's event from `state`. Record level: checks the client work's own count of
+    noisy steps against those of the `trained` hospitals (default `cohort`)."""
     if self.config.level == 'record':
-      expected = sum(self._steps(h) for h in cohort) if self.is_noised(round_num) else 0
+      expected = (sum(self._steps(h) for h in (cohort if trained is None else trained))
+                  if self.is_noised(round_num) else 0)
       if noisy_steps is not None and self.is_noised(round_num) and noisy_steps != expected:
         raise RuntimeError(f'round {round_num}: hospitals took {noisy_steps} DP-SGD steps, '
                            f'accounting expected {expected}')
@@ -384,6 +321,14 @@ class DpTraining:
         steps = (self._steps(unit) if self.config.level == 'record'
                  and self.is_noised(round_num) else int(self.config.level == 'client'))
         self.views[name].ledger.record(unit, unit_events[0], steps=steps)
+
+  def checkpoint(self) -> dict:
+    """Every adversary's ledger, as JSON (program state)."""
+    return {name: view.ledger.checkpoint() for name, view in self.views.items() if view.ledger}
+
+  def restore(self, saved: dict) -> None:
+    for name, ledger_state in saved.items():
+      self.views[name].ledger.restore(ledger_state)
 
   def epsilons(self) -> dict:
     """{'epsilon': the largest claimed, 'by_adversary': {name: epsilon}} for TensorBoard."""

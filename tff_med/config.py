@@ -1,0 +1,69 @@
+"""A training run's settings: `TrainConfig`, which nests the algorithm's, the
+privacy mechanism's and the secure aggregation's own configs.
+
+Errors name config fields as dotted paths (`privacy.l2_norm_clip=0: ...`);
+the experiment binaries map them back to their flag names.
+"""
+
+import dataclasses
+
+from tff_med.algorithms import ALGORITHMS, AlgorithmConfig
+from tff_med.privacy.dp_account import PrivacyConfig
+from tff_med.secure_agg.config import SecureAggConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """`rounds`: federated rounds (baselines: the same number of epoch blocks);
+  `clients_per_round`: hospitals sampled uniformly without replacement each
+  round (hospital-level DP: each joins with probability clients_per_round / n),
+  0 = all; `dropouts`: hospitals of each round's cohort that train but never
+  report (drawn with the seed); `min_clients`: a round with fewer reporting
+  hospitals is skipped (model unchanged, nothing released); `local_epochs`:
+  passes over a hospital's records per round; `batch_size`: records per SGD
+  step (DP-SGD: expected records per step); `eval_every`: rounds between
+  test-set evaluations (the last round is always evaluated); `privacy`:
+  differential privacy; `secure_agg`: how updates reach the server."""
+  algorithm: AlgorithmConfig = AlgorithmConfig()
+  rounds: int = 50
+  clients_per_round: int = 0
+  dropouts: int = 0
+  min_clients: int = 0
+  local_epochs: int = 1
+  batch_size: int = 16
+  eval_every: int = 10
+  seed: int = 0
+  max_concurrent_computation_calls: int = -1
+  privacy: PrivacyConfig = PrivacyConfig()
+  secure_agg: SecureAggConfig = SecureAggConfig()
+
+  @property
+  def cohort_size(self) -> int | None:
+    """Hospitals asked per round when fixed (None: all of them)."""
+    return self.clients_per_round or None
+
+  def validate(self, num_hospitals: int) -> None:
+    """Checks the fields every mechanism shares; mechanisms check their own.
+    Raises ValueError naming the field at fault."""
+    if self.algorithm.name not in ALGORITHMS:
+      raise ValueError(f'algorithm.name={self.algorithm.name!r}: choose one of {ALGORITHMS}')
+    for field in ('rounds', 'local_epochs', 'batch_size', 'eval_every'):
+      if getattr(self, field) < 1:
+        raise ValueError(f'{field}={getattr(self, field)}: must be at least 1')
+    for field in ('client_lr', 'server_lr'):
+      if not getattr(self.algorithm, field) > 0:
+        raise ValueError(f'algorithm.{field}={getattr(self.algorithm, field)}: must be '
+                         'positive')
+    if not 0 <= self.clients_per_round <= num_hospitals:
+      raise ValueError(f'clients_per_round={self.clients_per_round}: must be between 0 '
+                       f'(all) and the number of hospitals, {num_hospitals}')
+    cohort = self.clients_per_round or num_hospitals
+    if not 0 <= self.dropouts < cohort:
+      raise ValueError(f'dropouts={self.dropouts}: must be between 0 and the hospitals '
+                       f'per round minus one, {cohort - 1}')
+    if not 0 <= self.min_clients <= cohort:
+      raise ValueError(f'min_clients={self.min_clients}: must be between 0 and the '
+                       f'hospitals per round, {cohort}')
+    if self.min_clients > cohort - self.dropouts:
+      raise ValueError(f'min_clients={self.min_clients} with dropouts={self.dropouts} of '
+                       f'{cohort} hospitals per round: every round would be skipped')

@@ -1,0 +1,79 @@
+"""The run's mechanism from its config: the one table of which privacy level
+goes with which aggregation, and the plan each pair builds.
+
+Aggregations (how updates reach the server) are functions
+`(task, client_work, dataset_fn, aggregator) -> RoundPlan`; privacy mechanisms
+wrap the plan an aggregation builds with their own client work or noise. Each
+mechanism validates its own fields in its constructor.
+"""
+
+from collections.abc import Callable
+
+from tff_med.algorithms import BASELINES
+from tff_med.config import TrainConfig
+from tff_med.data.federated_data import FederatedData
+from tff_med.mechanisms.baselines import BaselinePlan
+from tff_med.mechanisms.hospital_dp import HospitalLevelDp
+from tff_med.mechanisms.learning import plain_aggregation, tff_secure_sum_aggregation
+from tff_med.mechanisms.masking import masking_aggregation
+from tff_med.mechanisms.record_dp import RecordLevelDp
+from tff_med.mechanisms.round_plan import RoundPlan
+from tff_med.mechanisms.task import KerasModelFn, Task
+
+AGGREGATIONS = {'none': plain_aggregation, 'tff': tff_secure_sum_aggregation,
+                'masking': masking_aggregation}
+
+# (privacy.level, secure_agg.mode) -> (task, aggregator, log) -> plan, or why it is refused.
+_PLANS: dict[tuple[str, str], Callable[..., RoundPlan] | str] = {
+    **{('none', mode): (lambda task, aggregator, log, build=build: build(
+        task, aggregator=aggregator)) for mode, build in AGGREGATIONS.items()},
+    **{('record', mode): (lambda task, aggregator, log, build=build: RecordLevelDp(
+        task, build, aggregator, log)) for mode, build in AGGREGATIONS.items()},
+    ('client', 'none'): lambda task, aggregator, log: HospitalLevelDp(
+        task, masking=False, aggregator=aggregator, log=log),
+    ('client', 'masking'): lambda task, aggregator, log: HospitalLevelDp(
+        task, masking=True, aggregator=aggregator, log=log),
+    ('client', 'tff'): (
+        'secure_agg.mode=tff with privacy.level=client is refused: TFF\'s distributed-DP '
+        'aggregator estimates its clip from a count of clipped hospitals that it noises on '
+        'the server after the secure sum, so the server would see that count exactly (and '
+        'it does not build in TFF 0.87 here); use secure_agg.mode=masking'),
+}
+
+
+def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
+               aggregator=None, log: Callable[[str], None] = print) -> RoundPlan:
+  """The plan of `config`, validated and (with privacy.target_epsilon) calibrated.
+
+  Args:
+    keras_model_fn: no-arg function returning a fresh uncompiled Keras model with
+      one logit output, [B, 1]; same initial weights on every call.
+    aggregator: the user's `tff.aggregators` weighted factory for the hospitals'
+      updates (federated algorithms; refused where a mechanism aggregates itself).
+    log: receives calibration lines.
+
+  Raises:
+    ValueError: naming the config field at fault, before any training.
+  """
+  config.validate(len(data.hospitals))
+  task = Task(data, keras_model_fn, config)
+  if config.algorithm.name in BASELINES:
+    for field, value, default in (('privacy.level', config.privacy.level, 'none'),
+                                  ('secure_agg.mode', config.secure_agg.mode, 'none')):
+      if value != default:
+        raise ValueError(f'{field}={value} needs a federated algorithm.name, not '
+                         f'{config.algorithm.name}')
+    if aggregator is not None or config.dropouts or config.min_clients:
+      raise ValueError(f'algorithm.name={config.algorithm.name} is a baseline: it takes no '
+                       'aggregator, dropouts or min_clients')
+    return BaselinePlan(task, pooled=config.algorithm.name == 'pooled')
+  config.secure_agg.validate(config.clients_per_round or len(data.hospitals),
+                             config.algorithm.client_weighting)
+  key = (config.privacy.level, config.secure_agg.mode)
+  if key not in _PLANS:
+    raise ValueError(f'privacy.level={config.privacy.level!r} or secure_agg.mode='
+                     f'{config.secure_agg.mode!r}: choose from {sorted(_PLANS)}')
+  build = _PLANS[key]
+  if isinstance(build, str):
+    raise ValueError(build)
+  return build(task, aggregator, log)

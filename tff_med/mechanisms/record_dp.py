@@ -1,0 +1,69 @@
+"""Record-level DP (`privacy.level=record`): DP-SGD inside each hospital, over
+any aggregation (plain, TFF secure sum, masking).
+
+The wrapper builds its inner plan with the aggregation it is given, feeding it
+DP-SGD's client work (`privacy.dp_sgd`) and each hospital's records as one batch
+(DP-SGD samples them itself); with an un-noised schedule it keeps a second
+inner plan without noise or clipping, sharing the state type. `DpAccount` checks
+the privacy fields, calibrates the noise and keeps the ledger: each round, every
+hospital whose update was released is charged its DP-SGD event.
+"""
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tff_med.algorithms import client_weighting
+from tff_med.mechanisms.dp_plan import DpPlan
+from tff_med.mechanisms.round_plan import Round, RoundResult
+from tff_med.mechanisms.task import Task
+from tff_med.models.tff_model import loss as model_loss
+from tff_med.privacy import dp_sgd
+from tff_med.privacy.dp_account import DpAccount
+
+Aggregation = Callable[..., object]  # (task, client_work, dataset_fn, aggregator) -> plan
+
+
+class RecordLevelDp(DpPlan):
+  """DP-SGD in every hospital; epsilon per patient record, against everyone."""
+
+  def __init__(self, task: Task, aggregation: Aggregation, aggregator=None,
+               log: Callable[[str], None] = print):
+    config = task.config
+    if config.algorithm.name in ('local', 'pooled'):
+      raise ValueError(f'privacy.level=record needs a federated algorithm.name, not '
+                       f'{config.algorithm.name}')
+    self.task = task
+    self.dp = DpAccount(config.privacy, config.algorithm, task.data, config.rounds,
+                        config.clients_per_round, config.batch_size, config.local_epochs, log)
+    noised = aggregation(task, self._client_work(True), self._dataset, aggregator)
+    self._unnoised = (None if config.privacy.schedule == 'every_round' else
+                      aggregation(task, self._client_work(False), self._dataset, aggregator))
+    super().__init__(noised, self.dp)
+
+  def _client_work(self, noised: bool):
+    """DP-SGD's client work (un-noised and unclipped if not `noised`)."""
+    config = self.task.config
+    noise_multiplier, clip = ((self.dp.noise_multiplier, config.privacy.l2_norm_clip)
+                              if noised else (0.0, 1e30))
+    return dp_sgd.build_dp_sgd_client_work(
+        self.task.model_fn, model_loss, config.algorithm.client_lr, clip, noise_multiplier,
+        config.batch_size, config.local_epochs, client_weighting(config.algorithm))
+
+  def _dataset(self, hospital: str, round_num: int) -> tf.data.Dataset:
+    """All of a hospital's records in one batch (DP-SGD samples them)."""
+    del round_num
+    return (self.task.data.train.create_tf_dataset_for_client(hospital)
+            .batch(self.task.data.num_train(hospital)))
+
+  def run_round(self, state, round_: Round) -> RoundResult:
+    plan = self.inner if self.dp.is_noised(round_.number) else self._unnoised
+    return plan.run_round(state, round_)
+
+  def account(self, round_: Round, result: RoundResult) -> None:
+    """Charges every hospital whose update was released (not those that dropped
+    out, nor any in a skipped or aborted round)."""
+    self.dp.record_round(round_.reporting if result.applied else [], round_.number,
+                         result.state, noisy_steps=result.metrics.get('noisy_steps'),
+                         trained=result.trained)
+    self.inner.account(round_, result)

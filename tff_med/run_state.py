@@ -1,0 +1,112 @@
+"""What lets a run continue where it stopped: program state and the audit of rounds.
+
+Under `output_dir`:
+
+    program_state/program_state_K/  the state after round K
+                                    (`tff.program.FileProgramStateManager`):
+                                    the plan's process state (model, optimizer,
+                                    aggregator), K, and a JSON document with the
+                                    plan's checkpoint (e.g. the privacy ledger),
+                                    the seeded generator's state (cohorts,
+                                    dropouts), releases not yet made and the
+                                    evaluation history
+    program_state/run.json          the config and data fingerprint it belongs to
+    rounds.jsonl                    one line per round and per session event
+                                    (started, resumed, interrupted, completed)
+
+program_state/ is the server's own state: it is not a release (its file times
+show when each round ended).
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow_federated as tff
+
+from tff_med.data.federated_data import FederatedData
+from tff_med.outputs import json_safe
+
+STATE_DIR = 'program_state'
+AUDIT_FILE = 'rounds.jsonl'
+
+
+def data_fingerprint(data: FederatedData) -> str:
+  """sha256 over every hospital's name and train/test arrays."""
+  digest = hashlib.sha256()
+  for hospital in data.hospitals:
+    digest.update(hospital.encode())
+    for array in (*data.train_arrays(hospital), *data.test[hospital]):
+      digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def _differences(saved, current, prefix='') -> list[str]:
+  """Dotted field paths where two nested dicts differ."""
+  if isinstance(saved, dict) and isinstance(current, dict):
+    return [d for key in sorted(set(saved) | set(current))
+            for d in _differences(saved.get(key), current.get(key),
+                                  f'{prefix}{key}.' if prefix or key else '')]
+  return [] if saved == current else [f'{prefix.rstrip(".")} (saved {saved!r}, now {current!r})']
+
+
+class RunState:
+  """The program state of one run folder. `identity`: what must match to resume
+  (the config as a dict, the data fingerprint, the plan's class chain)."""
+
+  def __init__(self, output_dir: str, identity: dict, resume: bool = True,
+               overwrite: bool = False):
+    self.output_dir = output_dir
+    self._dir = os.path.join(output_dir, STATE_DIR)
+    self._audit_path = os.path.join(output_dir, AUDIT_FILE)
+    identity_path = os.path.join(self._dir, 'run.json')
+    if overwrite:
+      shutil.rmtree(self._dir, ignore_errors=True)
+      for path in (self._audit_path, os.path.join(output_dir, 'summary.json')):
+        if os.path.exists(path):
+          os.remove(path)
+    self._manager = tff.program.FileProgramStateManager(self._dir, keep_total=2,
+                                                        keep_first=False)
+    identity = json.loads(json.dumps(json_safe(identity)))
+    versions = asyncio.run(self._manager.get_versions()) or []
+    self.saved_round = max(versions) if versions else 0
+    if self.saved_round and not resume:
+      raise ValueError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
+                       'resume it (resume=True), start again (overwrite=True) or choose '
+                       'another output_dir')
+    if self.saved_round:
+      with open(identity_path) as f:
+        differences = _differences(json.load(f), identity)
+      if differences:
+        raise ValueError(f'{output_dir} holds a run with a different set-up; differing '
+                         f'fields: {"; ".join(differences)}. Use the same settings to '
+                         'resume it, overwrite=True to start again, or another output_dir')
+    else:
+      with open(identity_path, 'w') as f:
+        json.dump(identity, f, indent=2)
+
+  def load(self, initial_state) -> tuple[object, dict]:
+    """(process state, extras) of the last saved round."""
+    state, _, extras = asyncio.run(self._manager.load(
+        self.saved_round, [initial_state, 0, '']))
+    return state, json.loads(extras if isinstance(extras, str) else extras.decode())
+
+  def save(self, round_num: int, state, extras: dict) -> None:
+    """Saves the state after `round_num`; `extras` may hold NaN and numpy scalars."""
+    document = json.dumps(extras, default=lambda value: value.item())
+    asyncio.run(self._manager.save([state, round_num, document], round_num))
+    self.saved_round = round_num
+
+  def audited_rounds(self) -> set[int]:
+    """Rounds rounds.jsonl already holds."""
+    if not os.path.exists(self._audit_path):
+      return set()
+    with open(self._audit_path) as f:
+      return {line['round'] for line in map(json.loads, f) if 'event' not in line}
+
+  def audit(self, line: dict) -> None:
+    with open(self._audit_path, 'a') as f:
+      f.write(json.dumps(json_safe(line)) + '\n')
