@@ -84,7 +84,7 @@ def test_config_falls_back_to_environment_variable(data_dir, monkeypatch):
   monkeypatch.setenv('TFF_MED_DATA_DIR', data_dir)
   assert data.DataConfig('heart_disease').resolved_data_dir() == data_dir
   monkeypatch.delenv('TFF_MED_DATA_DIR')
-  with pytest.raises(data.DataError, match='--data_dir.*TFF_MED_DATA_DIR'):
+  with pytest.raises(data.DataError, match='data.data_dir=None: .*TFF_MED_DATA_DIR'):
     data.load(data.DataConfig('heart_disease'))
 
 

@@ -181,24 +181,26 @@ def test_csv_one_hot_levels_stay_data_dependent(tmp_path):
 
 @pytest.mark.parametrize('changes, message', [
     (dict(feature_ranges=CSV_RANGES[:1]),
-     r"feature_ranges: no range for numeric column\(s\) bp; scaling 'public_ranges' needs"),
+     r"data.feature_ranges: no range for numeric column\(s\) bp; "
+     r"data.scaling='public_ranges' needs"),
     (dict(feature_ranges=CSV_RANGES + (('weight', 40, 200),)),
-     r"feature_ranges: column 'weight' is not a numeric column .*\(numeric columns: age, bp\)"),
+     r"data.feature_ranges: column 'weight' is not a numeric column "
+     r".*\(numeric columns: age, bp\)"),
     (dict(feature_ranges=CSV_RANGES + (('label', 0, 1),)),
-     "feature_ranges: column 'label' is not a numeric column"),
+     "data.feature_ranges: column 'label' is not a numeric column"),
     (dict(feature_ranges=(('age', 90, 30), CSV_RANGES[1])),
-     "feature_ranges: column 'age' has low 90.0 and high 30.0; need finite low < high"),
+     "data.feature_ranges: column 'age' has low 90.0 and high 30.0; need finite low < high"),
     (dict(feature_ranges=(('age', 30, 30), CSV_RANGES[1])),
-     "feature_ranges: column 'age' has low 30.0 and high 30.0"),
+     "data.feature_ranges: column 'age' has low 30.0 and high 30.0"),
     (dict(feature_ranges=CSV_RANGES + (('age', 0, 1),)),
-     "feature_ranges: column 'age' has more than one range"),
+     "data.feature_ranges: column 'age' has more than one range"),
     (dict(feature_ranges=(('age', 30), CSV_RANGES[1])),
-     r"feature_ranges: entry \('age', 30\) is not \(column, low, high\)"),
-    (dict(scaling='zscore'), "feature_ranges: used only with scaling 'public_ranges', not "
-                             "'zscore'"),
+     r"data.feature_ranges: entry \('age', 30\) is not \(column, low, high\)"),
+    (dict(scaling='zscore'),
+     "data.feature_ranges: used only with data.scaling='public_ranges', not 'zscore'"),
     (dict(dataset='breast_cancer'),
-     "feature_ranges: applies to the csv data set only, not 'breast_cancer'"),
-    (dict(scaling='minmax'), "scaling: unknown value 'minmax'; choose one of zscore, "
+     "data.feature_ranges: applies to the csv data set only, not 'breast_cancer'"),
+    (dict(scaling='minmax'), "data.scaling='minmax': unknown value; choose one of zscore, "
                              'public_ranges'),
 ])
 def test_bad_feature_ranges_name_the_field_and_column(tmp_path, changes, message):

@@ -60,7 +60,8 @@ def test_dirichlet_skews_label_mix_and_is_reproducible():
 
 def test_dirichlet_gives_up_with_advice():
   train, test = _pools(n_train=40, n_test=20)
-  with pytest.raises(data.DataError, match='raise --dirichlet_alpha or lower --num_hospitals'):
+  with pytest.raises(data.DataError,
+                     match='raise data.dirichlet_alpha or lower data.num_hospitals'):
     partition.simulate_hospitals(train, test, 10, 'dirichlet', seed=0, dirichlet_alpha=0.05)
 
 
@@ -82,8 +83,8 @@ def test_profiles_names_prevalence_and_feature_shift():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(scheme='random'), 'unknown partition'),
-    (dict(num_hospitals=0), '--num_hospitals must be at least 1'),
-    (dict(num_hospitals=200), 'lower --num_hospitals'),
+    (dict(num_hospitals=0), 'data.num_hospitals=0: must be at least 1'),
+    (dict(num_hospitals=200), 'lower data.num_hospitals'),
 ])
 def test_bad_partition_arguments(kwargs, message):
   train, test = _pools()

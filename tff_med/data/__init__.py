@@ -60,8 +60,8 @@ class DataConfig:
     """`data_dir`, else $TFF_MED_DATA_DIR; DataError when neither is set."""
     data_dir = self.data_dir or os.environ.get(DATA_DIR_ENV)
     if not data_dir:
-      raise DataError(f'data set {self.dataset!r} needs its data folder: pass --data_dir '
-                      f'or set the environment variable {DATA_DIR_ENV}')
+      raise DataError(f'data.data_dir=None: data set {self.dataset!r} needs its data '
+                      f'folder; give it or set the environment variable {DATA_DIR_ENV}')
     return data_dir
 
 
@@ -69,7 +69,8 @@ def load(config: DataConfig) -> FederatedData:
   """Builds the hospitals' data described by `config`."""
   preprocess.check_scaling(config.scaling)
   if config.feature_ranges and config.dataset != 'csv':
-    raise DataError(f'feature_ranges: applies to the csv data set only, not {config.dataset!r}')
+    raise DataError(f'data.feature_ranges: applies to the csv data set only, not '
+                    f'{config.dataset!r}')
   if config.dataset == 'heart_disease':
     return heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling)
   if config.dataset == 'breast_cancer':

@@ -57,10 +57,10 @@ def load(csv_files: Sequence[str], label_column: str,
   """
   preprocess.check_scaling(scaling)
   if feature_ranges and scaling != 'public_ranges':
-    raise DataError(f"feature_ranges: used only with scaling 'public_ranges', "
+    raise DataError(f"data.feature_ranges: used only with data.scaling='public_ranges', "
                     f'not {scaling!r}')
   if not csv_files:
-    raise DataError('no CSV files given; pass one file per hospital with --csv_files')
+    raise DataError('data.csv_files=(): no CSV files given; pass one file per hospital')
   tables = {}
   for path in csv_files:
     hospital = os.path.splitext(os.path.basename(path))[0]
@@ -162,21 +162,21 @@ def _column_ranges(feature_ranges: Sequence[tuple[str, float, float]],
       column, low, high = entry
       low, high = float(low), float(high)
     except (TypeError, ValueError):
-      raise DataError(f'feature_ranges: entry {entry!r} is not (column, low, high) '
+      raise DataError(f'data.feature_ranges: entry {entry!r} is not (column, low, high) '
                       'with numbers low and high') from None
     if column not in numeric:
-      raise DataError(f'feature_ranges: column {column!r} is not a numeric column of the '
+      raise DataError(f'data.feature_ranges: column {column!r} is not a numeric column of the '
                       f'CSV files (numeric columns: {", ".join(numeric)})')
     if numeric.index(column) in ranges:
-      raise DataError(f'feature_ranges: column {column!r} has more than one range')
+      raise DataError(f'data.feature_ranges: column {column!r} has more than one range')
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-      raise DataError(f'feature_ranges: column {column!r} has low {low} and high {high}; '
+      raise DataError(f'data.feature_ranges: column {column!r} has low {low} and high {high}; '
                       'need finite low < high')
     ranges[numeric.index(column)] = (low, high)
   missing = [c for i, c in enumerate(numeric) if i not in ranges]
   if missing:
-    raise DataError(f"feature_ranges: no range for numeric column(s) {', '.join(missing)}; "
-                    "scaling 'public_ranges' needs (column, low, high) for each")
+    raise DataError(f"data.feature_ranges: no range for numeric column(s) {', '.join(missing)}; "
+                    "data.scaling='public_ranges' needs (column, low, high) for each")
   return ranges
 
 

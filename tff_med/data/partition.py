@@ -127,9 +127,9 @@ def simulate_hospitals(train_xy: Arrays, test_xy: Arrays, num_hospitals: int, sc
   if scheme not in SCHEMES:
     raise DataError(f'unknown partition {scheme!r}; choose one of {", ".join(SCHEMES)}')
   if num_hospitals < 1:
-    raise DataError(f'--num_hospitals must be at least 1, got {num_hospitals}')
+    raise DataError(f'data.num_hospitals={num_hospitals}: must be at least 1')
   if scheme == 'dirichlet' and not dirichlet_alpha > 0:
-    raise DataError(f'--dirichlet_alpha must be positive, got {dirichlet_alpha}')
+    raise DataError(f'data.dirichlet_alpha={dirichlet_alpha}: must be positive')
   (train_x, train_y), (test_x, test_y) = train_xy, test_xy
   rng = np.random.default_rng(seed)
   for _ in range(MAX_DIRICHLET_DRAWS if scheme == 'dirichlet' else 1):
@@ -139,8 +139,8 @@ def simulate_hospitals(train_xy: Arrays, test_xy: Arrays, num_hospitals: int, sc
     if min(len(p) for p in train_parts + test_parts) >= MIN_RECORDS:
       break
   else:
-    advice = (f' in all {MAX_DIRICHLET_DRAWS} draws; raise --dirichlet_alpha or lower '
-              '--num_hospitals' if scheme == 'dirichlet' else '; lower --num_hospitals')
+    advice = (f' in all {MAX_DIRICHLET_DRAWS} draws; raise data.dirichlet_alpha or lower '
+              'data.num_hospitals' if scheme == 'dirichlet' else '; lower data.num_hospitals')
     raise DataError(f'{scheme} partition of {len(train_y)} training and {len(test_y)} test '
                     f'records into {num_hospitals} hospitals leaves a hospital with fewer '
                     f'than {MIN_RECORDS} training or test records{advice}')

@@ -105,9 +105,10 @@ def standardize_hospitals(train: Mapping[str, Arrays], test: Mapping[str, Arrays
 
 
 def check_scaling(scaling: str) -> None:
-  """DataError naming the field `scaling` unless it is one of SCALINGS."""
+  """DataError naming the field `data.scaling` unless it is one of SCALINGS."""
   if scaling not in SCALINGS:
-    raise DataError(f'scaling: unknown value {scaling!r}; choose one of {", ".join(SCALINGS)}')
+    raise DataError(f'data.scaling={scaling!r}: unknown value; choose one of '
+                    f'{", ".join(SCALINGS)}')
 
 
 def scale_to_ranges(x: np.ndarray, ranges: Mapping[int, Range]) -> np.ndarray:
