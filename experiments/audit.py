@@ -11,14 +11,13 @@ and writes audit.json and TensorBoard scalars (audit/...) into the run folder.
 """
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from tff_med import experiment_flags  # pylint: disable=unused-import (quiet logs)
+from experiments import flags as experiment_flags
 from tff_med.audit import membership
 from tff_med.audit import run_audit
 from tff_med.data import DataError
@@ -40,7 +39,7 @@ def main(argv):
     result = run_audit.audit_run(_RUN_DIR.value, flags.FLAGS.data_dir, local,
                                  delta=flags.FLAGS.target_delta, alpha=_ALPHA.value)
   except (DataError, ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+    experiment_flags.exit_with_error(e)
   print(run_audit.format_result(result))
   print(f'written: {_RUN_DIR.value}/audit.json')
 

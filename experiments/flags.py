@@ -1,24 +1,33 @@
-"""absl flags shared by the experiment binaries, and their dataset-dependent defaults.
+"""absl flags shared by the experiment binaries, their dataset-dependent defaults,
+and the names of config fields as flags.
 
 A flag left unset takes its default from `DATASET_DEFAULTS[--dataset]` (and, for
 `--server_lr`, from `SERVER_LR_DEFAULTS[--algorithm]`), so that
 `python -m experiments.train --dataset=heart_disease --algorithm=fedadam` runs the
 tuned set-up that the README's tables report.
+
+The library's errors name config fields (`privacy.l2_norm_clip=0: ...`);
+`flag_message` rewrites them into this module's flag names (`--l2_norm_clip=0:
+...`) and `exit_with_error` prints the result and exits.
 """
 
 import dataclasses
 import functools
+import re
+import sys
+from collections.abc import Mapping
 
 from absl import flags
 from absl import logging
 import tensorflow as tf
 
 from tff_med import data as data_lib
+from tff_med import grid
 from tff_med.algorithms import ALGORITHMS, CLIENT_WEIGHTINGS, AlgorithmConfig
-from tff_med.privacy import dp_training
-from tff_med.secure_agg import config as secure_agg_config
+from tff_med.config import TrainConfig
 from tff_med.models import MODELS, ModelConfig, build_keras_model
-from tff_med.training import TrainConfig
+from tff_med.privacy import dp_account
+from tff_med.secure_agg import config as secure_agg_config
 
 # Per dataset: the defaults behind the README's results.
 DATASET_DEFAULTS = {
@@ -43,7 +52,7 @@ DP_DEFAULTS = {
 SERVER_LR_DEFAULTS = {'fedavg': 1.0, 'fedprox': 1.0, 'fedadam': 0.05, 'fedyogi': 0.05,
                       'fedadagrad': 0.1, 'local': 1.0, 'pooled': 1.0}
 _DEPENDS = ('Default depends on --dataset, and on --dp for heart_disease '
-            '(tff_med/experiment_flags.py DATASET_DEFAULTS, DP_DEFAULTS).')
+            '(experiments/flags.py DATASET_DEFAULTS, DP_DEFAULTS).')
 
 flags.DEFINE_enum('dataset', 'breast_cancer', data_lib.DATASETS,
                   'Which hospitals\' data: the four UCI heart-disease hospitals, '
@@ -88,6 +97,11 @@ flags.DEFINE_integer('rounds', None, 'Federated rounds (baselines: blocks of '
                      '--local_epochs epochs). ' + _DEPENDS)
 flags.DEFINE_integer('clients_per_round', 0, 'Hospitals sampled per round, uniformly '
                      'without replacement; 0 = all.')
+flags.DEFINE_integer('min_clients', 0, 'k of n: a round in which fewer hospitals report '
+                     'is skipped (the model stays unchanged); skipped rounds are recorded '
+                     'and accounted. 0 = no minimum.')
+flags.DEFINE_integer('simulate_dropouts', 0, 'Hospitals of each round\'s cohort that train '
+                     'but never report (every --secure_agg mode).')
 flags.DEFINE_integer('local_epochs', None, 'Passes over a hospital\'s records per round. '
                      + _DEPENDS)
 flags.DEFINE_integer('batch_size', None, 'Records per SGD step. ' + _DEPENDS)
@@ -106,7 +120,7 @@ flags.DEFINE_integer('seed', 0, 'Seed of the split, the partition, initial weigh
 flags.DEFINE_integer('max_concurrent_computation_calls', -1, 'Cap on concurrent calls '
                      'of one computation in TFF\'s C++ runtime (bounds memory); <=0: none.')
 
-flags.DEFINE_enum('dp', 'none', list(dp_training.LEVELS), 'Differential privacy: none; '
+flags.DEFINE_enum('dp', 'none', list(dp_account.LEVELS), 'Differential privacy: none; '
                   'record (DP-SGD inside each hospital, epsilon per patient record, '
                   'accounted per hospital); client (DP-FedAvg, epsilon per hospital).')
 flags.DEFINE_float('noise_multiplier', None, 'Gaussian noise std / --l2_norm_clip '
@@ -126,9 +140,9 @@ flags.DEFINE_float('max_epsilon', None, 'Privacy budget: stop before a round tha
                    'raise epsilon above this, save the model and say so.')
 flags.DEFINE_enum('accountant', 'rdp', ['rdp', 'pld'], 'dp_accounting accountant: '
                   'Renyi DP or privacy loss distributions (tighter).')
-flags.DEFINE_enum('dp_clipping', 'fixed', list(dp_training.CLIPPINGS), 'Client level: '
+flags.DEFINE_enum('dp_clipping', 'fixed', list(dp_account.CLIPPINGS), 'Client level: '
                   'fixed clip, or adaptive (quantile-tracking; needs larger cohorts).')
-flags.DEFINE_enum('dp_schedule', 'every_round', list(dp_training.SCHEDULES), 'Record '
+flags.DEFINE_enum('dp_schedule', 'every_round', list(dp_account.SCHEDULES), 'Record '
                   'level, for experiments: noise every round, only the first, or every '
                   '--dp_every rounds. Un-noised rounds make epsilon infinite.')
 flags.DEFINE_integer('dp_every', 1, 'With --dp_schedule=every_n: rounds between noised '
@@ -147,8 +161,11 @@ flags.DEFINE_integer('secagg_colluders', None, 'Masking with --dp=client: hospit
                      'assumed to collude with the server (0..t-2); each hospital\'s noise '
                      'share is sized so that a round at the threshold keeps the planned '
                      'noise without them. Default t-2.')
-flags.DEFINE_integer('simulate_dropouts', 0, 'Masking: hospitals that drop out after '
-                     'masking in every round.')
+flags.DEFINE_bool('resume', True, 'If the output folder holds saved program state, '
+                  'continue from its last completed round (a finished run is not trained '
+                  'again).')
+flags.DEFINE_bool('overwrite', False, 'Start again: delete the saved program state in the '
+                  'output folder first.')
 
 FLAGS = flags.FLAGS
 
@@ -213,31 +230,35 @@ def model_config() -> ModelConfig:
 
 
 def train_config(algorithm: str | None = None, seed: int | None = None,
-                 privacy: dp_training.PrivacyConfig | None = None) -> TrainConfig:
-  """The TrainConfig the flags describe (`algorithm`, `seed`, `privacy` override
-  the flags)."""
+                 privacy: dp_account.PrivacyConfig | None = None,
+                 secure_agg: str | None = None, secagg_bits: int | None = None
+                 ) -> TrainConfig:
+  """The TrainConfig the flags describe (`algorithm`, `seed`, `privacy`, the
+  secure-aggregation mode `secure_agg` and `secagg_bits` override the flags)."""
   algorithm = algorithm or FLAGS.algorithm
   server_lr = (FLAGS.server_lr if FLAGS.server_lr is not None
-               else SERVER_LR_DEFAULTS[algorithm])
+               else SERVER_LR_DEFAULTS.get(algorithm, 1.0))
   return TrainConfig(
       algorithm=AlgorithmConfig(name=algorithm, client_lr=_flag_or_default('client_lr'),
                                 server_lr=server_lr, fedprox_mu=FLAGS.fedprox_mu,
                                 client_weighting=_flag_or_default('client_weighting')),
       rounds=_flag_or_default('rounds'), clients_per_round=FLAGS.clients_per_round,
+      min_clients=FLAGS.min_clients, dropouts=FLAGS.simulate_dropouts,
       local_epochs=_flag_or_default('local_epochs'),
       batch_size=_flag_or_default('batch_size'), eval_every=_flag_or_default('eval_every'),
       seed=FLAGS.seed if seed is None else seed,
       max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls,
       privacy=privacy or privacy_config(),
       secure_agg=secure_agg_config.SecureAggConfig(
-          mode=FLAGS.secure_agg, bits=FLAGS.secagg_bits, clip=FLAGS.secagg_clip,
-          threshold=FLAGS.secagg_threshold, dropouts=FLAGS.simulate_dropouts,
+          mode=secure_agg or FLAGS.secure_agg,
+          bits=FLAGS.secagg_bits if secagg_bits is None else secagg_bits,
+          clip=FLAGS.secagg_clip, threshold=FLAGS.secagg_threshold,
           colluders=FLAGS.secagg_colluders))
 
 
-def privacy_config(target_epsilon: float | None = None) -> dp_training.PrivacyConfig:
+def privacy_config(target_epsilon: float | None = None) -> dp_account.PrivacyConfig:
   """The PrivacyConfig the flags describe (`target_epsilon` overrides the flag)."""
-  return dp_training.PrivacyConfig(
+  return dp_account.PrivacyConfig(
       level=FLAGS.dp, noise_multiplier=FLAGS.noise_multiplier,
       l2_norm_clip=_flag_or_default('l2_norm_clip'),
       target_epsilon=FLAGS.target_epsilon if target_epsilon is None else target_epsilon,
@@ -285,3 +306,86 @@ def load_run_inputs(seed: int | None = None) -> RunInputs:
   keras_model_fn = functools.partial(build_keras_model, model, data.feature_shape, config.seed)
   keras_model_fn()  # Fails now, not mid-run, if the model does not fit the data.
   return RunInputs(data, keras_model_fn, model, config)
+
+
+def parse_list(flag_name: str, convert=float) -> list:
+  """The values of list flag `flag_name`, each converted (float, int); ValueError
+  naming the flag."""
+  values = []
+  for item in getattr(FLAGS, flag_name):
+    try:
+      values.append(convert(item))
+    except ValueError:
+      raise ValueError(f'--{flag_name}: {item!r} is not {convert.__name__}') from None
+  if not values:
+    raise ValueError(f'--{flag_name}: give at least one value')
+  return values
+
+
+# Config field (a dotted path into TrainConfig; DataConfig fields under `data.`)
+# -> the flag that sets it. A field not listed here is set by `--<last part>`.
+_RENAMED = {
+    'algorithm.name': '--algorithm',
+    'dropouts': '--simulate_dropouts',
+    'privacy.level': '--dp',
+    'privacy.clipping': '--dp_clipping',
+    'privacy.schedule': '--dp_schedule',
+    'privacy.every': '--dp_every',
+    'secure_agg.mode': '--secure_agg',
+    'secure_agg.bits': '--secagg_bits',
+    'secure_agg.clip': '--secagg_clip',
+    'secure_agg.threshold': '--secagg_threshold',
+    'secure_agg.colluders': '--secagg_colluders',
+}
+_FIELDS = (
+    'rounds', 'clients_per_round', 'min_clients', 'dropouts', 'local_epochs', 'batch_size',
+    'eval_every', 'seed', 'max_concurrent_computation_calls',
+    'algorithm.name', 'algorithm.client_lr', 'algorithm.server_lr', 'algorithm.fedprox_mu',
+    'algorithm.client_weighting',
+    'privacy.level', 'privacy.noise_multiplier', 'privacy.l2_norm_clip',
+    'privacy.target_epsilon', 'privacy.target_delta', 'privacy.max_epsilon',
+    'privacy.accountant', 'privacy.clipping', 'privacy.schedule', 'privacy.every',
+    'secure_agg.mode', 'secure_agg.bits', 'secure_agg.clip', 'secure_agg.threshold',
+    'secure_agg.colluders',
+) + tuple(f'data.{f.name}' for f in dataclasses.fields(data_lib.DataConfig))
+FIELD_FLAGS = {field: _RENAMED.get(field, '--' + field.rpartition('.')[2])
+               for field in _FIELDS}
+
+
+def flag_message(message: str, overrides: Mapping[str, str] | None = None) -> str:
+  """`message` with every config field it names replaced by its flag.
+
+  Fields are matched as whole tokens, the longest first, so `--rounds` and
+  `privacy.target_delta_x` stay as they are. A field of one plain word (`rounds`,
+  `seed`, `dropouts`) is a field only where written `FIELD=value`; elsewhere it is
+  English. `overrides` maps fields that a binary sets from flags of its own
+  (e.g. `privacy.target_epsilon` from `--epsilons`).
+  """
+  table = {**FIELD_FLAGS, **(overrides or {})}
+  names = '|'.join(re.escape(f) for f in sorted(table, key=len, reverse=True))
+  pattern = re.compile(rf'(?<![\w./-])({names})(?![\w/-]|\.\w)')
+
+  def replace(match: re.Match) -> str:
+    field = match.group(1)
+    if re.fullmatch(r'[a-z]+', field) and not match.string.startswith('=', match.end()):
+      return field
+    return table[field]
+
+  return pattern.sub(replace, message)
+
+
+def exit_with_error(error: Exception, overrides: Mapping[str, str] | None = None):
+  """Exits with `error: MESSAGE`, config fields named by their flags."""
+  sys.exit(f'error: {flag_message(str(error), overrides)}')
+
+
+def run_grid(settings: Mapping[str, grid.Setting], inputs: Mapping[int, 'RunInputs'],
+             output_dir: str, planned: Mapping | None = None) -> dict[str, list[dict]]:
+  """`grid.run_grid` with --resume and --overwrite; exits saying how to continue
+  when a run is interrupted."""
+  try:
+    return grid.run_grid(settings, inputs, output_dir, planned=planned,
+                         resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+  except grid.Interrupted as e:
+    sys.exit(f'interrupted: {e}; run the same command again to continue '
+             '(--overwrite starts again)')

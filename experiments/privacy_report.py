@@ -10,26 +10,31 @@ one set of hyperparameters (the --dp defaults of the dataset) and uniform
 hospital weighting, so that only the privacy mechanism differs.
 """
 
-import dataclasses
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from tff_med import experiment_flags
+from experiments import flags as experiment_flags
+from tff_med import grid
 from tff_med import privacy_report
-from tff_med import training
 from tff_med.audit import run_audit
 from tff_med.data import DataError
-from tff_med.privacy import dp_training
+from tff_med.privacy.dp_account import PrivacyConfig
 
 _EPSILONS = flags.DEFINE_list('epsilons', ['1', '4', '16'], 'Target epsilons of the DP runs.')
 _SEEDS = flags.DEFINE_integer('seeds', 2, 'Number of seeds: --seed, --seed+1, ...')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default runs/privacy_report_DATASET.')
 FLAGS = flags.FLAGS
+_OVERRIDES = {'privacy.target_epsilon': '--epsilons'}
+
+
+def _config(setting: privacy_report.Setting):
+  privacy = (experiment_flags.privacy_config(setting.target_epsilon)
+             if setting.target_epsilon is not None else PrivacyConfig())
+  return experiment_flags.train_config(privacy=privacy, secure_agg=setting.secure_agg)
 
 
 def main(argv):
@@ -41,46 +46,30 @@ def main(argv):
     FLAGS.client_weighting = 'uniform'
   try:
     settings = [privacy_report.Setting('no DP')]
-    settings += [privacy_report.Setting(f'DP eps={e}', float(e)) for e in _EPSILONS.value]
+    settings += [privacy_report.Setting(f'DP eps={e:g}', e)
+                 for e in experiment_flags.parse_list('epsilons', float)]
     settings += [privacy_report.Setting(f'secure agg {m}', None, m) for m in ('tff', 'masking')]
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
-    seeds = list(inputs)
-    configs = {}
-    for setting in settings:  # Every flag checked and every noise calibrated up front.
-      privacy = (experiment_flags.privacy_config(setting.target_epsilon)
-                 if setting.target_epsilon is not None else dp_training.PrivacyConfig())
-      config = experiment_flags.train_config(None, seeds[0], privacy)
-      config = dataclasses.replace(config, secure_agg=dataclasses.replace(
-          config.secure_agg, mode=setting.secure_agg))
-      config.validate(len(inputs[seeds[0]].data.hospitals))
-      config.build_dp(inputs[seeds[0]].data, log=lambda line: None)
-      configs[setting.name] = config
+    configs = {privacy_report.folder(s): _config(s) for s in settings}
+    planned = grid.plan_grid(configs, inputs)
   except (DataError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    experiment_flags.exit_with_error(e, _OVERRIDES)
   output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_report_{FLAGS.dataset}')
-  os.makedirs(output_dir, exist_ok=True)
-
-  def run_fn(setting, seed, run_dir):
-    print(f'== {setting.name}, seed {seed}', flush=True)
-    run_inputs = inputs[seed]
-    config = dataclasses.replace(configs[setting.name], seed=seed)
-    summary = training.run(run_inputs.data, run_inputs.keras_model_fn, config,
-                           output_dir=run_dir, extra_summary=run_inputs.summary_fields(),
-                           log=lambda line: None)
-    return summary, run_audit.audit_run(run_dir, FLAGS.data_dir, log=lambda line: None,
-                                        delta=FLAGS.target_delta)
-
-  data = inputs[seeds[0]].data
+  summaries = experiment_flags.run_grid(configs, inputs, output_dir, planned)
+  audits = {name: [run_audit.audit_run(grid.run_dir(output_dir, name, seed), FLAGS.data_dir,
+                                       log=lambda line: None, delta=FLAGS.target_delta)
+                   for seed in inputs] for name in configs}
+  data = next(iter(inputs.values())).data
   notes = (f'{data.description}. {FLAGS.algorithm}, --dp={FLAGS.dp} for the DP rows; '
-           f'{len(seeds)} seeds (mean ± std); attacks: threshold on loss and confidence, '
+           f'{len(inputs)} seeds (mean ± std); attacks: threshold on loss and confidence, '
            'logistic regression, MLP (best by AUC); members = a hospital\'s training '
            'records, non-members = its test records. TPR at 1% FPR needs >= 100 '
            'non-members (n/a otherwise). ε lower bound: a confidence lower bound on ε at the '
            'DP rows\' δ (split-half Clopper-Pearson over the attacks; 0 = no '
            'evidence, not proof of privacy; in brackets the most these records could '
            'certify). The local-only model is the first hospital\'s.')
-  markdown = privacy_report.run_privacy_report(
-      run_fn, settings, seeds, output_dir, f'Privacy report: {FLAGS.dataset}', notes)
+  markdown = privacy_report.write_privacy_report(
+      summaries, audits, settings, output_dir, f'Privacy report: {FLAGS.dataset}', notes)
   print(markdown)
   print(f'report: {output_dir}/privacy_report.{{md,html,json,png}}')
 

@@ -5,22 +5,22 @@
 
 For each target epsilon (and seed) it calibrates the noise, trains and
 accounts; it also trains the non-private federated model and the local-only
-models. Writes privacy_sweep.md, .json and .png under --output_dir.
+models. Writes privacy_sweep.md, .json and .png under --output_dir, and every
+run's outputs in SETTING/seedK (epsilon_E, non_private, local).
 """
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from tff_med import experiment_flags
+from experiments import flags as experiment_flags
+from tff_med import grid
 from tff_med import privacy_sweep
-from tff_med import training
 from tff_med.data import DataError
-from tff_med.privacy import dp_training
+from tff_med.privacy.dp_account import PrivacyConfig
 
 _EPSILONS = flags.DEFINE_list('epsilons', ['0.5', '1', '2', '4', '8', 'inf'],
                               'Target epsilons (per record for --dp=record); inf = '
@@ -28,40 +28,30 @@ _EPSILONS = flags.DEFINE_list('epsilons', ['0.5', '1', '2', '4', '8', 'inf'],
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds: --seed, --seed+1, ...')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default runs/privacy_sweep_DATASET.')
 FLAGS = flags.FLAGS
+_OVERRIDES = {'privacy.target_epsilon': '--epsilons'}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    epsilons = [float(e) for e in _EPSILONS.value]
+    epsilons = experiment_flags.parse_list('epsilons', float)
     if FLAGS.dp == 'none':
       raise ValueError('--dp=none: choose --dp=record or --dp=client for a privacy sweep')
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
-    seeds = list(inputs)
-    for target in epsilons:  # Every flag checked and every noise calibrated up front.
-      config = experiment_flags.train_config(
-          seed=seeds[0], privacy=experiment_flags.privacy_config(target))
-      config.validate(len(inputs[seeds[0]].data.hospitals))
-      config.build_dp(inputs[seeds[0]].data, log=lambda line: None)
+    settings = {privacy_sweep.setting_name(target): experiment_flags.train_config(
+        privacy=experiment_flags.privacy_config(target)) for target in epsilons}
+    settings[privacy_sweep.NON_PRIVATE] = experiment_flags.train_config(
+        privacy=PrivacyConfig())
+    settings[privacy_sweep.LOCAL] = experiment_flags.train_config(
+        'local', privacy=PrivacyConfig())
+    planned = grid.plan_grid(settings, inputs)
   except (DataError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    experiment_flags.exit_with_error(e, _OVERRIDES)
   output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_sweep_{FLAGS.dataset}')
-  os.makedirs(output_dir, exist_ok=True)
-
-  def run_fn(target, algorithm, seed, run_dir):
-    run_inputs = inputs[seed]
-    privacy = (experiment_flags.privacy_config(target) if target is not None
-               else dp_training.PrivacyConfig())
-    config = experiment_flags.train_config(algorithm or None, seed, privacy)
-    print(f'== epsilon {target if target is not None else "-"} '
-          f'{algorithm or FLAGS.algorithm}, seed {seed}', flush=True)
-    return training.run(run_inputs.data, run_inputs.keras_model_fn, config,
-                        output_dir=run_dir, extra_summary=run_inputs.summary_fields(),
-                        log=lambda line: None)
-
-  _, markdown = privacy_sweep.run_privacy_sweep(
-      run_fn, epsilons, seeds, output_dir,
+  summaries = experiment_flags.run_grid(settings, inputs, output_dir, planned)
+  _, markdown = privacy_sweep.write_privacy_sweep(
+      summaries, epsilons, list(inputs), output_dir,
       title=f'{FLAGS.dataset}, {FLAGS.algorithm}, --dp={FLAGS.dp}')
   print(markdown)
   print(f'table and plot: {output_dir}/privacy_sweep.{{md,json,png}}')

@@ -7,17 +7,15 @@ aggregation against the bit width, next to plain FedAvg.
 Prints the table and writes secure_agg_cost.md and .json under --output_dir.
 """
 
-import dataclasses
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from tff_med import experiment_flags
-from tff_med import training
+from experiments import flags as experiment_flags
+from tff_med import grid
 from tff_med.data import DataError
 from tff_med.secure_agg import cost_table
 
@@ -26,6 +24,7 @@ _MODES = flags.DEFINE_list('modes', ['tff', 'masking'], 'Secure aggregation mode
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds: --seed, --seed+1, ...')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default runs/secure_agg_cost_DATASET.')
 FLAGS = flags.FLAGS
+_OVERRIDES = {'secure_agg.mode': '--modes', 'secure_agg.bits': '--bit_widths'}
 
 
 def main(argv):
@@ -34,31 +33,18 @@ def main(argv):
   if FLAGS.client_weighting is None:
     FLAGS.client_weighting = 'uniform'  # Secure sums are unweighted: compare like with like.
   try:
-    bits = [int(b) for b in _BIT_WIDTHS.value]
+    rows = cost_table.cost_settings(_MODES.value, experiment_flags.parse_list('bit_widths', int))
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
-    base = experiment_flags.train_config(seed=FLAGS.seed)
-    for mode in ['none'] + _MODES.value:
-      for width in bits:
-        dataclasses.replace(base, secure_agg=dataclasses.replace(
-            base.secure_agg, mode=mode, bits=width)).validate(
-                len(inputs[FLAGS.seed].data.hospitals))
+    settings = {cost_table.setting_name(mode, width): experiment_flags.train_config(
+        secure_agg=mode, secagg_bits=width or None) for mode, width in rows}
+    planned = grid.plan_grid(settings, inputs)
   except (DataError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    experiment_flags.exit_with_error(e, _OVERRIDES)
   output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'secure_agg_cost_{FLAGS.dataset}')
-  os.makedirs(output_dir, exist_ok=True)
-
-  def run_fn(mode, width, seed, run_dir):
-    print(f'== {mode} {width} bits, seed {seed}', flush=True)
-    config = experiment_flags.train_config(seed=seed)
-    config = dataclasses.replace(config, secure_agg=dataclasses.replace(
-        config.secure_agg, mode=mode, bits=width or config.secure_agg.bits))
-    return training.run(inputs[seed].data, inputs[seed].keras_model_fn, config,
-                        output_dir=run_dir, extra_summary=inputs[seed].summary_fields(),
-                        log=lambda line: None)
-
-  print(cost_table.run_cost_table(run_fn, _MODES.value, bits, list(inputs), output_dir,
-                                  f'Secure aggregation cost: {FLAGS.dataset}, '
-                                  f'{FLAGS.algorithm}'))
+  summaries = experiment_flags.run_grid(settings, inputs, output_dir, planned)
+  print(cost_table.write_cost_table(summaries, rows, list(inputs), output_dir,
+                                    f'Secure aggregation cost: {FLAGS.dataset}, '
+                                    f'{FLAGS.algorithm}'))
 
 
 if __name__ == '__main__':

@@ -4,7 +4,9 @@
         --data_dir=../shared/data --output_dir=runs/heart_fedadam
 
 Writes TensorBoard events, metrics.csv, saved_model/ and summary.json under
---output_dir (default runs/DATASET/ALGORITHM/seedSEED).
+--output_dir (default runs/DATASET/ALGORITHM/seedSEED). A folder holding saved
+program state is resumed from its last completed round (--overwrite starts
+again).
 """
 
 import os
@@ -15,7 +17,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from tff_med import experiment_flags
+from experiments import flags as experiment_flags
 from tff_med import training
 from tff_med.audit import run_audit
 from tff_med.data import DataError
@@ -31,22 +33,25 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
+    if _AUDIT.value and FLAGS.algorithm == 'local':
+      raise ValueError('--audit attacks a global model: --algorithm=local has none')
     inputs = experiment_flags.load_run_inputs()
     data = inputs.data
     config = experiment_flags.train_config()
-    config.validate(len(data.hospitals))
-    dp = config.build_dp(data, log=print)
-    if _AUDIT.value and FLAGS.algorithm == 'local':
-      raise ValueError('--audit attacks a global model: --algorithm=local has none')
+    plan = training.build_plan(data, inputs.keras_model_fn, config, log=print)
   except (DataError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    experiment_flags.exit_with_error(e)
   output_dir = _OUTPUT_DIR.value or os.path.join(
       'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
   print(f'{FLAGS.algorithm} on {data.name}: {len(data.hospitals)} hospitals '
         f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
   summary = training.run(data, inputs.keras_model_fn, config, output_dir=output_dir,
-                         extra_summary=inputs.summary_fields(),
-                         log=lambda line: print(line, flush=True), dp=dp)
+                         plan=plan, extra_summary=inputs.summary_fields(),
+                         log=lambda line: print(line, flush=True),
+                         resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+  if summary.get('status') == 'interrupted':
+    sys.exit(f'interrupted: the state is saved in {output_dir}; run the same command again '
+             'to continue (--overwrite starts again)')
   print(f"pooled test: accuracy {summary['pooled']['accuracy']:.3f} "
         f"auc {summary['pooled']['auc']:.3f}; mean over hospitals: accuracy "
         f"{summary['mean_hospital']['accuracy']:.3f} auc {summary['mean_hospital']['auc']:.3f}")

@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -109,11 +110,23 @@ def test_progress_line_per_round(fedavg_run):
     # m4: a threshold of at most half the hospitals lets a lying server unmask one.
     (['--dataset=breast_cancer', '--num_hospitals=5', '--secure_agg=masking',
       '--client_weighting=uniform', '--secagg_threshold=2'], '--secagg_threshold=2'),
+    # The library names config fields (dropouts=3, privacy.level=record, ...); the
+    # binary prints the flags that set them.
+    (['--dataset=breast_cancer', '--simulate_dropouts=3'], '--simulate_dropouts=3'),
+    (['--dataset=breast_cancer', '--min_clients=4'], '--min_clients=4'),
+    (['--dataset=breast_cancer', '--algorithm=local', '--dp=record', '--noise_multiplier=1'],
+     '--dp=record needs a federated --algorithm'),
+    (['--dataset=breast_cancer', '--secure_agg=tff', '--client_weighting=uniform',
+      '--secagg_bits=40'], '--secagg_bits=40'),
+    (['--dataset=breast_cancer', '--dp=record', '--l2_norm_clip=0', '--noise_multiplier=1'],
+     '--l2_norm_clip=0'),
 ])
 def test_bad_flags_exit_nonzero_naming_the_culprit(flags, culprit, tmp_path):
   result = _train(*flags, f'--output_dir={tmp_path}')
   assert result.returncode != 0
   assert culprit in result.stderr, result.stderr[-2000:]
+  assert result.stderr.startswith('error: ')
+  assert not re.search(r'(?<![\w/-])(privacy|secure_agg|algorithm|data)\.[a-z]', result.stderr)
   assert not os.path.exists(tmp_path / 'summary.json')
 
 

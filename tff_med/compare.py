@@ -7,7 +7,7 @@ mean ± std over seeds of accuracy or ROC-AUC.
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -79,30 +79,26 @@ def to_markdown(table: dict, hospitals: Sequence[str], title: str = '') -> str:
   return '\n'.join(lines)
 
 
-def run_comparison(run_fn: Callable[[str, int, str], dict], algorithms: Sequence[str],
-                   seeds: Sequence[int], output_dir: str, hospitals: Sequence[str],
-                   title: str = '') -> tuple[dict, str]:
-  """Runs every algorithm at every seed and writes comparison.{md,json}.
+def write_comparison(summaries: Mapping[str, Sequence[dict]], seeds: Sequence[int],
+                     output_dir: str, hospitals: Sequence[str],
+                     title: str = '') -> tuple[dict, str]:
+  """Writes comparison.{md,json} from the runs' summaries.
 
   Args:
-    run_fn: (algorithm, seed, run_output_dir) -> summary dict (one training run).
+    summaries: {algorithm: [summary at each seed]} (`tff_med.grid.run_grid`).
     hospitals: column order of the table.
 
   Returns:
     (aggregated table, markdown).
   """
-  summaries = []
-  for algorithm in algorithms:
-    for seed in seeds:
-      summaries.append(run_fn(algorithm, seed,
-                              os.path.join(output_dir, algorithm, f'seed{seed}')))
-  table = aggregate(summaries)
+  runs = [s for algorithm_runs in summaries.values() for s in algorithm_runs]
+  table = aggregate(runs)
   markdown = to_markdown(table, hospitals, title)
   with open(os.path.join(output_dir, 'comparison.md'), 'w') as f:
     f.write(markdown)
   write_json(os.path.join(output_dir, 'comparison.json'),
-             {'title': title, 'algorithms': list(algorithms), 'seeds': list(seeds),
+             {'title': title, 'algorithms': list(summaries), 'seeds': list(seeds),
               'table': table,
               'runs': [{k: s.get(k) for k in ('algorithm', 'seed', 'wall_seconds')}
-                       for s in summaries]})
+                       for s in runs]})
   return table, markdown

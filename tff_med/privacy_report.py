@@ -1,18 +1,18 @@
 """What did privacy buy, and what did it cost: one report over privacy settings.
 
 Every setting (non-private, DP at several target epsilons, the secure
-aggregation variants) is trained on the same data and seeds and audited with
-membership-inference attacks. The report puts utility (accuracy, AUC), the
-accountant's epsilon, the attacker's AUC and TPR at 1% FPR (overall and per
-hospital), the audit's epsilon lower bound and the bytes each hospital sends
-side by side, as markdown, HTML and PNG plots.
+aggregation variants) is trained on the same data and seeds (`tff_med.grid`)
+and audited with membership-inference attacks. The report puts utility
+(accuracy, AUC), the accountant's epsilon, the attacker's AUC and TPR at 1% FPR
+(overall and per hospital), the audit's epsilon lower bound and the bytes each
+hospital sends side by side, as markdown, HTML and PNG plots.
 """
 
 import dataclasses
 import html
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -31,6 +31,11 @@ class Setting:
   name: str
   target_epsilon: float | None = None
   secure_agg: str = 'none'
+
+
+def folder(setting: Setting) -> str:
+  """The setting's grid name and folder: its name with `_` for spaces."""
+  return setting.name.replace(' ', '_')
 
 
 def summarize(runs: Sequence[tuple[dict, dict]]) -> dict:
@@ -144,17 +149,15 @@ def write_report(rows: dict, settings: Sequence[Setting], output_dir: str, title
   return markdown
 
 
-def run_privacy_report(run_fn: Callable[[Setting, int, str], tuple[dict, dict]],
-                       settings: Sequence[Setting], seeds: Sequence[int], output_dir: str,
-                       title: str, notes: str) -> str:
-  """Trains and audits every setting at every seed; writes the report.
+def write_privacy_report(summaries: Mapping[str, Sequence[dict]],
+                         audits: Mapping[str, Sequence[dict]], settings: Sequence[Setting],
+                         output_dir: str, title: str, notes: str) -> str:
+  """Writes the report from the runs' summaries and audit results.
 
   Args:
-    run_fn: (setting, seed, run_dir) -> (summary, audit result).
+    summaries, audits: {folder(setting): [summary / audit result at each seed]}
+      (`tff_med.grid.run_grid`, `tff_med.audit.run_audit.audit_run`).
   """
-  rows = {}
-  for setting in settings:
-    rows[setting.name] = summarize([
-        run_fn(setting, seed, os.path.join(output_dir, setting.name.replace(' ', '_'),
-                                           f'seed{seed}')) for seed in seeds])
+  rows = {s.name: summarize(list(zip(summaries[folder(s)], audits[folder(s)])))
+          for s in settings}
   return write_report(rows, settings, output_dir, title, notes)

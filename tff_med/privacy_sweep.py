@@ -1,4 +1,4 @@
-"""Utility against privacy: train at several target epsilons over seeds, tabulate, plot.
+"""Utility against privacy: runs at several target epsilons over seeds, tabulated and plotted.
 
 Each target epsilon is calibrated (smallest noise multiplier that meets it for
 the run's rounds and sampling); epsilon = inf trains with clipping and no noise.
@@ -7,7 +7,7 @@ The non-private federated model and the local-only models are reference lines.
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -93,28 +93,33 @@ def plot(rows: dict, references: dict, path: str, title: str) -> None:
   plt.close(fig)
 
 
-def run_privacy_sweep(run_fn: Callable[[float | None, str, int, str], dict],
-                      epsilons: Sequence[float], seeds: Sequence[int], output_dir: str,
-                      title: str) -> tuple[dict, str]:
-  """Runs every target epsilon, the non-private and the local-only baselines.
+def setting_name(target_epsilon: float) -> str:
+  """The grid setting (and folder) of a target epsilon: `epsilon_1`, `epsilon_inf`."""
+  return f'epsilon_{target_epsilon:g}'
+
+
+# Reference rows' grid settings (and folders): the non-private federated model
+# and the local-only models; REFERENCES: table label -> setting.
+NON_PRIVATE, LOCAL = 'non_private', 'local'
+REFERENCES = {'non-private': NON_PRIVATE, 'local only': LOCAL}
+
+
+def write_privacy_sweep(summaries: Mapping[str, Sequence[dict]], epsilons: Sequence[float],
+                        seeds: Sequence[int], output_dir: str,
+                        title: str) -> tuple[dict, str]:
+  """Writes privacy_sweep.{md,json,png} from the runs' summaries.
 
   Args:
-    run_fn: (target_epsilon or None for no DP, algorithm override or '' for the
-      flags' algorithm, seed, run_dir) -> summary.
+    summaries: {setting: [summary at each seed]} (`tff_med.grid.run_grid`), with a
+      setting `setting_name(e)` for each target epsilon e and one per REFERENCES
+      value (the non-private federated model, the local-only models).
 
-  Writes privacy_sweep.{md,json,png} under output_dir; returns (rows, markdown).
+  Returns:
+    (rows by target epsilon, markdown).
   """
-  runs = {target: [run_fn(target, '', seed, os.path.join(
-      output_dir, f'epsilon_{target:g}', f'seed{seed}')) for seed in seeds]
-          for target in epsilons}
-  rows = {target: summarize(summaries) for target, summaries in runs.items()}
-  references = {
-      'non-private': summarize([run_fn(None, '', seed, os.path.join(
-          output_dir, 'non_private', f'seed{seed}')) for seed in seeds]),
-      'local only': summarize([run_fn(None, 'local', seed, os.path.join(
-          output_dir, 'local', f'seed{seed}')) for seed in seeds]),
-  }
-  delta = runs[epsilons[0]][0]['privacy']['delta']
+  rows = {target: summarize(summaries[setting_name(target)]) for target in epsilons}
+  references = {label: summarize(summaries[name]) for label, name in REFERENCES.items()}
+  delta = summaries[setting_name(epsilons[0])][0]['privacy']['delta']
   markdown = to_markdown(rows, references, delta)
   with open(os.path.join(output_dir, 'privacy_sweep.md'), 'w') as f:
     f.write(f'## {title}\n\n' + markdown)

@@ -2,35 +2,47 @@
 the bit width, next to plain FedAvg, over seeds."""
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 
 from tff_med.compare import mean_std
 from tff_med.outputs import write_json
 
 
-def run_cost_table(run_fn: Callable[[str, int, int, str], dict], modes: Sequence[str],
-                   bits: Sequence[int], seeds: Sequence[int], output_dir: str,
-                   title: str) -> str:
-  """Trains plain FedAvg and every (mode, bit width) at every seed.
+def cost_settings(modes: Sequence[str], bits: Sequence[int]) -> list[tuple[str, int]]:
+  """The table's rows as (mode, bit width): plain FedAvg ('none', 0) first, then
+  every mode at every width."""
+  return [('none', 0)] + [(m, b) for m in modes for b in bits]
+
+
+def setting_name(mode: str, width: int) -> str:
+  """The grid setting (and folder) of a row: `masking_16bits`, `none_0bits`."""
+  return f'{mode}_{width}bits'
+
+
+def write_cost_table(summaries: Mapping[str, Sequence[dict]],
+                     settings: Sequence[tuple[str, int]], seeds: Sequence[int],
+                     output_dir: str, title: str) -> str:
+  """Writes secure_agg_cost.{md,json} from the runs' summaries.
 
   Args:
-    run_fn: (mode, bits, seed, run_dir) -> summary ('none' ignores bits).
+    summaries: {setting_name(mode, width): [summary at each seed]}
+      (`tff_med.grid.run_grid`).
+    settings: the rows, as `cost_settings`.
 
-  Writes secure_agg_cost.{md,json}; returns the markdown table.
+  Returns:
+    the markdown table.
   """
-  settings = [('none', 0)] + [(m, b) for m in modes for b in bits]
   rows = []
   for mode, width in settings:
-    summaries = [run_fn(mode, width, seed, os.path.join(output_dir, f'{mode}_{width}bits',
-                                                        f'seed{seed}')) for seed in seeds]
+    runs = summaries[setting_name(mode, width)]
     rows.append({
         'mode': mode, 'bits': width or 32,
-        'pooled_accuracy': mean_std([s['pooled']['accuracy'] for s in summaries]),
-        'mean_hospital_accuracy': mean_std([s['mean_hospital']['accuracy'] for s in summaries]),
-        'pooled_auc': mean_std([s['pooled']['auc'] for s in summaries]),
+        'pooled_accuracy': mean_std([s['pooled']['accuracy'] for s in runs]),
+        'mean_hospital_accuracy': mean_std([s['mean_hospital']['accuracy'] for s in runs]),
+        'pooled_auc': mean_std([s['pooled']['auc'] for s in runs]),
         'bytes_per_client': mean_std([s['secure_aggregation']['bytes_per_client']
-                                      for s in summaries]),
-        'round_seconds': mean_std([s['wall_seconds'] / s['rounds'] for s in summaries])})
+                                      for s in runs]),
+        'round_seconds': mean_std([s['wall_seconds'] / s['rounds'] for s in runs])})
   lines = [f'## {title}', '', 'mean ± std over seeds; bytes: one hospital\'s upload per '
            'round (masking: masked vector + keys, encrypted shares and reveal)', '',
            '| aggregation | bits | pooled accuracy | mean hospital accuracy | pooled AUC | '
