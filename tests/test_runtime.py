@@ -27,7 +27,7 @@ _SCRIPT = textwrap.dedent('''
     print('workers', *runtime.running_workers(), flush=True)
     if sys.argv[1] == 'exception':
       raise RuntimeError('failure in the middle of a run')
-    if sys.argv[1] == 'sigterm':
+    if sys.argv[1] in ('sigterm', 'sigkill'):
       time.sleep(120)
 ''')
 
@@ -41,8 +41,8 @@ def _alive(pid: int) -> bool:
     return False
 
 
-def _start(mode: str) -> tuple[subprocess.Popen, list[int]]:
-  process = subprocess.Popen([sys.executable, '-c', _SCRIPT, mode], stdout=subprocess.PIPE,
+def _start(mode: str, script: str = _SCRIPT) -> tuple[subprocess.Popen, list[int]]:
+  process = subprocess.Popen([sys.executable, '-c', script, mode], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
                              env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
   for line in process.stdout:
@@ -94,3 +94,77 @@ def test_execution_context_block_stops_its_worker_even_on_error():
   assert not runtime.running_workers()
   with runtime.execution_context():  # A later block starts a fresh worker.
     assert double(4) == 8
+
+
+def test_worker_dies_with_its_owner_on_sigkill():
+  # SIGKILL runs no handler, atexit or finalizer: only the kernel's parent-death
+  # signal, set when the worker was started, can stop it.
+  process, pids = _start('sigkill')
+  try:
+    assert pids
+    assert all(_alive(p) for p in pids)
+    process.kill()
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    _assert_gone(pids)
+  finally:
+    for pid in pids:  # Leak no worker if the assertion above failed.
+      if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    process.stdout.close()
+    process.stderr.close()
+
+
+_INSTALL_SCRIPT = textwrap.dedent('''
+    import subprocess, threading, time
+    import numpy as np
+    import tensorflow_federated as tff
+    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+    from tff_med import runtime
+
+    assert executor_factory.subprocess is subprocess, 'import changed TFF'
+
+    @tff.tensorflow.computation(np.float32)
+    def add_one(x):
+      return x + 1
+
+    with runtime.execution_context():
+      installed = executor_factory.subprocess
+      assert installed is not subprocess
+      assert issubclass(installed.Popen, subprocess.Popen)
+      # The worker dies with the thread that started it (PR_SET_PDEATHSIG). TFF
+      # starts it on its context's own event-loop thread, not on the caller's:
+      # a first call from a thread that then ends must not take the worker along.
+      context = tff.framework.get_context_stack().current
+      started = []
+
+      def first_call():
+        with tff.framework.get_context_stack().install(context):
+          assert add_one(1.0) == 2.0
+        started.extend(runtime.running_workers())
+
+      thread = threading.Thread(target=first_call)
+      thread.start()
+      thread.join()
+      time.sleep(1)
+      assert len(started) == 1, started
+      assert runtime.running_workers() == started, (started, runtime.running_workers())
+      assert add_one(2.0) == 3.0
+      assert runtime.running_workers() == started, (started, runtime.running_workers())
+      print('workers', *started, flush=True)
+      with runtime.execution_context():  # Nested: the inner exit keeps it.
+        assert executor_factory.subprocess is installed
+        assert add_one(3.0) == 4.0
+      assert executor_factory.subprocess is installed
+    assert executor_factory.subprocess is subprocess, 'not restored'
+    assert not runtime.running_workers()
+    runtime.set_context()  # No block to end: owned until exit.
+    assert executor_factory.subprocess is installed
+''')
+
+
+def test_import_leaves_tff_untouched_and_a_block_installs_and_restores():
+  process, pids = _start('install', _INSTALL_SCRIPT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr
+  _assert_gone(pids)

@@ -3,20 +3,30 @@
 TFF's local C++ context starts a `worker_binary` child process and stops it only
 in `ServiceManager.__del__`, which often never runs: the child then outlives
 Python and keeps stdout open, and a pipe or CI job hangs. TFF offers no hook to
-own that process, so this module (hand-written, for that reason) records every
-worker TFF starts and stops them all at interpreter exit, on SIGTERM, and when a
-`execution_context(...)` block ends, normally or by an exception.
+own that process, so this module (hand-written, for that reason) puts its own
+`Popen` into TFF's executor factory, explicitly, when `set_context(...)` or
+`execution_context(...)` is entered; importing this module changes nothing in
+TFF. That `Popen` records every worker TFF starts, so that they are all stopped
+at interpreter exit, on SIGTERM, and when an `execution_context(...)` block
+ends, normally or by an exception; on Linux it also asks the kernel to SIGKILL
+the worker if its owner dies without running any of that (`kill -9`).
 
     with runtime.execution_context(secure_sums=False):
       ...  # run TFF computations
+
+When the outermost `execution_context` block ends, TFF's own `subprocess` module
+is put back, unless `set_context(...)` was called outside any block: that
+context has no end, so its workers stay owned until the interpreter exits.
 """
 
 import atexit
 import contextlib
+import ctypes
 import gc
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -25,24 +35,92 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.executor_stacks import executor_factory as _tff_executor_factory
 
 _WORKERS: list[subprocess.Popen] = []
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # Guards _WORKERS.
 _STOP_GRACE_SECONDS = 10.0
+
+_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
+
+# Installation state: what TFF's executor factory had as `subprocess` before we
+# replaced it (None while not installed), how many `execution_context` blocks
+# are open, and whether a bare `set_context()` asked for ownership until exit.
+# Never held while TFF swaps contexts: that may join a context's event-loop
+# thread, which could itself be waiting for a lock here.
+_STATE_LOCK = threading.Lock()
+_saved_subprocess = None
+_open_blocks = 0
+_owned_until_exit = False
+
+
+def _die_with_parent_fn(preexec_fn):
+  """A `preexec_fn` that makes the kernel SIGKILL the child when its parent goes.
+
+  PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not only
+  the process. TFF forks the worker in `ServiceManager.get_stub`, which runs
+  inside `AsyncExecutionContext.invoke` on the event-loop thread of the
+  `SyncExecutionContext`'s `AsyncThreadRunner`: one long-lived daemon thread per
+  context, whichever thread calls the computation. It ends only when that
+  context is garbage-collected, which also drops the `ServiceManager` that uses
+  the worker, so the signal cannot cut a worker off while its context is in
+  use; on `kill -9` every thread ends and the worker goes too.
+
+  The code runs in the child between fork and exec (where Python warns that a
+  threaded parent's locks may be held), so it only calls a `prctl` resolved
+  beforehand and `getppid`. The spawning thread waits inside `Popen` until the
+  exec, so it cannot end in between; but the whole process can be killed before
+  `prctl` runs, and then no signal would come: `getppid()` no longer names the
+  parent, and the child exits itself.
+  """
+  prctl = ctypes.CDLL(None, use_errno=True).prctl
+  prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                    ctypes.c_ulong]
+  prctl.restype = ctypes.c_int
+  parent = os.getpid()
+
+  def preexec():
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
+    if os.getppid() != parent:
+      os._exit(1)
+    if preexec_fn is not None:  # Keep whatever the caller (TFF) asked for.
+      preexec_fn()
+
+  return preexec
 
 
 class _TrackedPopen(subprocess.Popen):
-  """`subprocess.Popen` that records the process so this module can stop it."""
+  """`subprocess.Popen` that records the process so this module can stop it,
+  and on Linux has the kernel kill it when the spawning thread exits."""
 
   def __init__(self, *args, **kwargs):
+    if sys.platform.startswith('linux'):
+      kwargs['preexec_fn'] = _die_with_parent_fn(kwargs.get('preexec_fn'))
     super().__init__(*args, **kwargs)
     with _LOCK:
       _WORKERS.append(self)
 
 
-# TFF's executor factory starts the worker with `subprocess.Popen`; give that
-# module a view of `subprocess` whose Popen records the process. TFF's own
+# What TFF's executor factory sees as `subprocess` while installed: the real
+# module's names, with Popen replaced. TFF's own
 # `isinstance(process, subprocess.Popen)` check in `__del__` still holds.
-_tff_executor_factory.subprocess = types.SimpleNamespace(
-    **{**vars(subprocess), 'Popen': _TrackedPopen})
+_TRACKING_SUBPROCESS = types.SimpleNamespace(**{**vars(subprocess), 'Popen': _TrackedPopen})
+
+
+def _install_locked() -> None:
+  """Puts the recording Popen into TFF's executor factory (idempotent).
+  The caller holds _STATE_LOCK."""
+  global _saved_subprocess
+  if _saved_subprocess is None:
+    _saved_subprocess = _tff_executor_factory.subprocess
+    _tff_executor_factory.subprocess = _TRACKING_SUBPROCESS
+
+
+def _uninstall_locked() -> None:
+  """Gives TFF's executor factory back the `subprocess` it had (idempotent).
+  The caller holds _STATE_LOCK."""
+  global _saved_subprocess
+  if _saved_subprocess is not None:
+    _tff_executor_factory.subprocess = _saved_subprocess
+    _saved_subprocess = None
 
 
 def _exited(pid: int) -> bool:
@@ -89,6 +167,8 @@ def _shutdown() -> None:
   stop_workers()
   tff.framework.set_default_context(_ShutDownContext())
   gc.collect()
+  with _STATE_LOCK:
+    _uninstall_locked()
 
 
 def _on_sigterm(signum, frame):
@@ -100,15 +180,7 @@ def _on_sigterm(signum, frame):
 atexit.register(_shutdown)
 
 
-def set_context(secure_sums: bool = False, max_concurrent_computation_calls: int = -1) -> None:
-  """Installs TFF's local C++ execution context as the default context.
-
-  Args:
-    secure_sums: use TFF's test context, the only one that runs
-      `federated_secure_sum*` (it lowers secure sums to plain sums).
-    max_concurrent_computation_calls: cap on concurrent calls of one computation
-      in the C++ runtime (bounds memory); non-positive means no cap.
-  """
+def _set_context(secure_sums: bool, max_concurrent_computation_calls: int) -> None:
   if secure_sums:
     tff.backends.test.set_sync_test_cpp_execution_context(
         max_concurrent_computation_calls=max_concurrent_computation_calls)
@@ -120,11 +192,38 @@ def set_context(secure_sums: bool = False, max_concurrent_computation_calls: int
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def set_context(secure_sums: bool = False, max_concurrent_computation_calls: int = -1) -> None:
+  """Installs TFF's local C++ execution context as the default context.
+
+  Its workers are owned by this module until the interpreter exits.
+
+  Args:
+    secure_sums: use TFF's test context, the only one that runs
+      `federated_secure_sum*` (it lowers secure sums to plain sums).
+    max_concurrent_computation_calls: cap on concurrent calls of one computation
+      in the C++ runtime (bounds memory); non-positive means no cap.
+  """
+  global _owned_until_exit
+  with _STATE_LOCK:
+    _owned_until_exit = True
+    _install_locked()
+  _set_context(secure_sums, max_concurrent_computation_calls)
+
+
 @contextlib.contextmanager
 def execution_context(secure_sums: bool = False, max_concurrent_computation_calls: int = -1):
-  """`set_context(...)` for the block; its workers are stopped when it ends."""
-  set_context(secure_sums, max_concurrent_computation_calls)
+  """`set_context(...)` for the block; its workers are stopped when it ends, and
+  TFF's own `subprocess` is put back when the outermost block ends."""
+  global _open_blocks
+  with _STATE_LOCK:
+    _open_blocks += 1
+    _install_locked()
   try:
+    _set_context(secure_sums, max_concurrent_computation_calls)
     yield
   finally:
     stop_workers()
+    with _STATE_LOCK:
+      _open_blocks -= 1
+      if not _open_blocks and not _owned_until_exit:
+        _uninstall_locked()
