@@ -150,7 +150,7 @@ def test_calibration_meets_target_and_is_smallest():
   assert calibrate_noise_multiplier(target, DELTA, 'rdp', {'large': fns['large']}) < sigma
 
   assert calibrate_noise_multiplier(math.inf, DELTA, 'rdp', fns) == 0.0
-  with pytest.raises(ValueError, match='--target_epsilon'):
+  with pytest.raises(ValueError, match='privacy.target_epsilon'):
     calibrate_noise_multiplier(0.0, DELTA, 'rdp', fns)
 
 
@@ -163,17 +163,17 @@ def test_record_delta_default_and_check():
   check_record_delta(1 / 6000, rows)
   # m1: delta = 0.98 / n was accepted before; now delta must be at most 1 / (10 n).
   for bad in (0.98 / 600, 1.01 / 6000, 0.01):
-    with pytest.raises(ValueError, match=r"--target_delta.*'big' has 600"):
+    with pytest.raises(ValueError, match=r"privacy.target_delta.*'big' has 600"):
       check_record_delta(bad, rows)
   for bad in (0.0, 1.0, -1e-5):
-    with pytest.raises(ValueError, match='--target_delta'):
+    with pytest.raises(ValueError, match='privacy.target_delta'):
       check_record_delta(bad, rows)
 
 
 def test_hospital_delta_is_at_most_a_tenth_of_one_over_the_hospitals():
   check_hospital_delta(0.025, 4)
   for bad in (0.2, 0.026, 0.0):
-    with pytest.raises(ValueError, match=r'--target_delta.*1/\(10 x 4 hospitals\)'):
+    with pytest.raises(ValueError, match=r'privacy.target_delta.*1/\(10 x 4 hospitals\)'):
       check_hospital_delta(bad, 4)
 
 
@@ -202,5 +202,5 @@ def test_events_and_accountant_names():
   assert dp_sgd_event(0.5, SIGMA, 4) == dp_accounting.SelfComposedDpEvent(_sampled_gaussian(0.5), 4)
   assert isinstance(make_accountant('rdp'), rdp.RdpAccountant)
   assert isinstance(make_accountant('pld'), pld.PLDAccountant)
-  with pytest.raises(ValueError, match='--accountant'):
+  with pytest.raises(ValueError, match='privacy.accountant'):
     make_accountant('gdp')

@@ -146,7 +146,7 @@ def _federated_model(data, privacy, seed):
 
 
 def _dp_private(data, seed, epsilon=1.0):
-  from tff_med.privacy.dp_training import PrivacyConfig  # pylint: disable=g-import-not-at-top
+  from tff_med.privacy.dp_account import PrivacyConfig  # pylint: disable=g-import-not-at-top
   return _federated_model(data, PrivacyConfig('record', target_epsilon=epsilon, l2_norm_clip=0.5),
                           seed)
 
@@ -158,7 +158,7 @@ def test_dp_sgd_removes_the_membership_signal(seed):
   1 the bound stays below the accountant's epsilon (measured 0) and the best attack
   is far weaker. The best of four AUCs on 40 + 40 records is noisy: 0.55-0.74
   measured, depending on the TensorFlow op seeds other tests leave behind."""
-  from tff_med.privacy.dp_training import PrivacyConfig  # pylint: disable=g-import-not-at-top
+  from tff_med.privacy.dp_account import PrivacyConfig  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   data = _one_hospital(_noise(rng, 40), _noise(rng, 40))
   leaky, _ = _federated_model(data, PrivacyConfig(), seed)

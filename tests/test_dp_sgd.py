@@ -10,7 +10,8 @@ from tff_med.algorithms import AlgorithmConfig, build_learning_process
 from tff_med.data.federated_data import FederatedData
 from tff_med.models import ModelConfig, build_keras_model, loss, tff_model_fn
 from tff_med.privacy import dp_sgd
-from tff_med.training import TrainConfig, client_dataset
+from tff_med.config import TrainConfig
+from tff_med.mechanisms.task import client_dataset
 
 _FEATURES = 4
 

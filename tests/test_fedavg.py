@@ -6,7 +6,8 @@ from tff_med import runtime
 from tff_med.algorithms import AlgorithmConfig, build_learning_process
 from tff_med.data.federated_data import FederatedData
 from tff_med.models import ModelConfig, build_keras_model, tff_model_fn
-from tff_med.training import TrainConfig, client_dataset
+from tff_med.config import TrainConfig
+from tff_med.mechanisms.task import client_dataset
 
 
 def _numpy_local_training(w, b, x, y, lr, steps):

@@ -230,7 +230,7 @@ def test_offset_files_are_private_hold_the_mask_and_are_deleted():
 def test_threshold_must_exceed_half_the_hospitals():
   """m4: t = 2 of 5 is refused by the config (naming the flag), the server and
   each hospital; 3 of 5 passes."""
-  with pytest.raises(ValueError, match='--secagg_threshold=2'):
+  with pytest.raises(ValueError, match='secure_agg.threshold=2'):
     SecureAggConfig('masking', threshold=2).validate(5, 'uniform')
   SecureAggConfig('masking', threshold=3).validate(5, 'uniform')
   hospitals = {i: Hospital(f'h{i}', i, 8) for i in range(1, 6)}
@@ -384,9 +384,9 @@ def test_noise_shares_against_the_closed_form(n, threshold, colluders):
 
 
 @pytest.mark.parametrize('secure,message', [
-    (SecureAggConfig('masking', threshold=3, colluders=2), r'--secagg_colluders=2: .* 1'),
-    (SecureAggConfig('masking', colluders=-1), '--secagg_colluders=-1'),
-    (SecureAggConfig('tff', colluders=0), 'apply to --secure_agg=masking'),
+    (SecureAggConfig('masking', threshold=3, colluders=2), r'secure_agg.colluders=2: .* 1'),
+    (SecureAggConfig('masking', colluders=-1), 'secure_agg.colluders=-1'),
+    (SecureAggConfig('tff', colluders=0), 'apply to secure_agg.mode=masking'),
 ])
 def test_bad_colluders(secure, message):
   with pytest.raises(ValueError, match=message):

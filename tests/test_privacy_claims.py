@@ -21,7 +21,7 @@ from tff_med.algorithms import AlgorithmConfig
 from tff_med.data.federated_data import FederatedData
 from tff_med.models import ModelConfig, build_keras_model
 from tff_med.privacy import substitution_bound
-from tff_med.privacy.dp_training import DpTraining, PrivacyConfig
+from tff_med.privacy.dp_account import DpAccount, PrivacyConfig
 from tff_med.secure_agg.config import SecureAggConfig
 
 DELTA = 1e-3
@@ -55,7 +55,7 @@ def _config(privacy, rounds=3, clients_per_round=0, client_lr=0.2, batch_size=5)
 
 def _dp(privacy, data=None, clients_per_round=0, rounds=10, aggregation='central',
         colluders=0):
-  return DpTraining(privacy, AlgorithmConfig('fedavg'), data or _data(10), rounds,
+  return DpAccount(privacy, AlgorithmConfig('fedavg'), data or _data(10), rounds,
                     clients_per_round, 5, 1, log=lambda line: None,
                     aggregation=aggregation, colluders=colluders)
 
@@ -124,16 +124,16 @@ def test_central_dp_claims_nothing_against_the_server():
 
 @pytest.mark.parametrize('secure_agg, clients, message', [
     # M3: TFF's DDP aggregator noises its clip count on the server, after the sum.
-    (SecureAggConfig('tff'), 0, '--secure_agg=tff with --dp=client is refused'),
+    (SecureAggConfig('tff'), 0, 'secure_agg.mode=tff with privacy.level=client is refused'),
     # Review R7: a fixed threshold cannot follow Poisson cohorts of varying size.
-    (SecureAggConfig('masking', threshold=3), 3, '--secagg_threshold=3 with --dp=client'),
+    (SecureAggConfig('masking', threshold=3), 3, 'secure_agg.threshold=3 with privacy.level=client'),
 ])
 def test_hospital_level_dp_refuses_what_it_cannot_account(secure_agg, clients, message):
   config = dataclasses.replace(
       _config(PrivacyConfig('client', noise_multiplier=1.0, target_delta=1e-2),
               clients_per_round=clients), secure_agg=secure_agg)
   with pytest.raises(ValueError, match=message):
-    config.validate(5)
+    training.build_plan(_data(5), _keras_model, config, log=lambda line: None)
 
 
 def test_dp_refuses_data_scaled_with_statistics_of_the_records():
@@ -235,8 +235,8 @@ def test_non_private_run_says_so_and_lists_what_it_releases():
 
 
 def _masking_config(privacy, rounds, dropouts):
-  return dataclasses.replace(_config(privacy, rounds=rounds), secure_agg=SecureAggConfig(
-      'masking', bits=20, clip=2.0, dropouts=dropouts))
+  return dataclasses.replace(_config(privacy, rounds=rounds), dropouts=dropouts,
+                             secure_agg=SecureAggConfig('masking', bits=20, clip=2.0))
 
 
 @pytest.mark.parametrize('dropouts', [0, 1])
@@ -256,7 +256,7 @@ def test_masking_budget_and_calibration_hold_under_dropouts(dropouts):
   # 3 rounds cost 1.5 planned ones and round 4 could cross.
   done = 2 if dropouts else 3
   assert summary['stopped_early'] and summary['rounds_completed'] == done
-  assert summary['secure_aggregation']['dropouts'] == done * dropouts
+  assert summary['dropouts'] == done * dropouts
   server = summary['privacy']['adversaries']['server']
   assert 'colluding with up to 2 hospital' in server['who']
   realised = sigma * (1 if dropouts else math.sqrt(2)) / math.sqrt(done)
@@ -271,14 +271,14 @@ def test_masking_budget_and_calibration_hold_under_dropouts(dropouts):
 
 def _spy_cohorts(monkeypatch):
   """Records the size of every cohort drawn (the secret the attacks below want)."""
-  sizes, original = [], DpTraining.cohort
+  sizes, original = [], DpAccount.cohort
 
   def spy(self, hospitals):
     cohort = original(self, hospitals)
     sizes.append(len(cohort))
     return cohort
 
-  monkeypatch.setattr(DpTraining, 'cohort', spy)
+  monkeypatch.setattr(DpAccount, 'cohort', spy)
   return sizes
 
 
@@ -354,13 +354,13 @@ def test_no_training_statistic_reaches_the_server_under_dp(monkeypatch, level, s
   """Review R1: TFF's builders sum each hospital's training loss, accuracy and
   AUC to the server in the clear. Under DP the server now gets none: the round
   metrics before any release filter hold no 'train'."""
-  seen, original = [], DpTraining.releasable
+  seen, original = [], DpAccount.releasable
 
   def spy(self, metrics):
     seen.append(metrics)
     return original(self, metrics)
 
-  monkeypatch.setattr(DpTraining, 'releasable', spy)
+  monkeypatch.setattr(DpAccount, 'releasable', spy)
   config = dataclasses.replace(
       _config(PrivacyConfig(level, noise_multiplier=2.0, target_delta=1e-3), rounds=2),
       secure_agg=SecureAggConfig(secure_agg, bits=20, clip=2.0))
@@ -377,11 +377,9 @@ def test_masking_sizes_every_round_for_the_same_coalition():
       _config(PrivacyConfig('client', noise_multiplier=2.0, target_delta=1e-2),
               clients_per_round=6), secure_agg=SecureAggConfig('masking', bits=24, clip=2.0))
   data = _data(9)
-  dp = config.build_dp(data, log=lambda line: None)
-  assert dp.colluders == 2  # t = 4 for 6 expected hospitals.
-  model_fn = training.tff_model_fn(_keras_model, training.client_dataset(
-      data, 'h0', config, 0).element_spec)
-  process, _ = training._build_processes(config, model_fn, dp, None, 9)
+  plan = training.build_plan(data, _keras_model, config, log=lambda line: None)
+  assert plan.dp.colluders == 2  # t = 4 for 6 expected hospitals.
+  process = plan.inner
   for cohort in (3, 4):  # t = 2, 3: no honest share beside 2 colluders.
     with pytest.raises(SecureAggregationAborted, match='keeps no honest noise share'):
       process._noise.share_scale(cohort)

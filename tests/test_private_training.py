@@ -15,7 +15,7 @@ from tff_med import training
 from tff_med.algorithms import AlgorithmConfig
 from tff_med.data.federated_data import FederatedData
 from tff_med.models import ModelConfig, build_keras_model
-from tff_med.privacy.dp_training import PrivacyConfig
+from tff_med.privacy.dp_account import PrivacyConfig
 
 SIZES = {'small': 12, 'medium': 25, 'large': 40}
 DELTA = 1e-3
@@ -72,7 +72,7 @@ def test_budget_guard_stops_before_the_round_that_would_exceed(tmp_path):
   summary = _run(PrivacyConfig('record', noise_multiplier=sigma, target_delta=DELTA,
                                max_epsilon=budget), rounds=8, output_dir=str(tmp_path))
   assert summary['stopped_early'] is True and summary['rounds_completed'] == 5
-  assert 'round 6' in summary['reason'] and '--max_epsilon' in summary['reason']
+  assert 'round 6' in summary['reason'] and 'privacy.max_epsilon' in summary['reason']
   assert summary['privacy']['epsilon'] <= budget
   assert summary['privacy']['epsilon'] == pytest.approx(per_round[4], rel=1e-6)
   with open(tmp_path / 'summary.json') as f:
@@ -118,10 +118,11 @@ def test_target_epsilon_calibrates_the_noise():
     (PrivacyConfig('record', noise_multiplier=1.0, target_delta=0.05), "'large' has 40"),
     (PrivacyConfig('record', noise_multiplier=1.0, target_epsilon=1.0), 'exactly one of'),
     (PrivacyConfig('client', noise_multiplier=0.5, clipping='adaptive'),
-     '--dp_clipping=fixed'),
+     'privacy.clipping=fixed'),
     (PrivacyConfig('client', noise_multiplier=1.0, schedule='first_round'),
-     '--dp_schedule=first_round applies to --dp=record'),
+     'privacy.schedule=first_round applies to privacy.level=record'),
 ])
 def test_bad_privacy_flags_fail_before_training(privacy, message):
   with pytest.raises(ValueError, match=message):
-    training.TrainConfig(privacy=privacy).build_dp(_data(), log=lambda line: None)
+    training.build_plan(_data(), _keras_model, training.TrainConfig(privacy=privacy),
+                        log=lambda line: None)

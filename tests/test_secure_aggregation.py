@@ -12,10 +12,12 @@ import tensorflow_federated as tff
 from tff_med import runtime, training
 from tff_med.algorithms import AlgorithmConfig
 from tff_med.data.federated_data import FederatedData
-from tff_med.models import ModelConfig, build_keras_model, tff_model_fn
+from tff_med.models import ModelConfig, build_keras_model
 from tff_med.secure_agg import QuantizedSecureSumFactory, Quantizer, secure_sum
 from tff_med.secure_agg.config import SecureAggConfig
-from tff_med.secure_agg.masked_process import MaskedLearningProcess
+from tff_med.mechanisms.masking import MaskingPlan
+from tff_med.mechanisms.round_plan import Round
+from tff_med.mechanisms.task import Task, client_dataset
 
 
 def test_tff_secure_sum_and_masking_give_the_same_aggregate():
@@ -51,9 +53,12 @@ def _config(**secure):
       batch_size=8, eval_every=3, secure_agg=SecureAggConfig(**secure))
 
 
+def _keras():
+  return build_keras_model(ModelConfig('logreg'), (3,), seed=2)
+
+
 def _final_weights(config, data):
-  keras_fn = lambda: build_keras_model(ModelConfig('logreg'), (3,), seed=2)
-  summary = training.run(data, keras_fn, config, log=lambda line: None)
+  summary = training.run(data, _keras, config, log=lambda line: None)
   return summary
 
 
@@ -89,20 +94,20 @@ def _process_round(noise_multiplier=0.0, l2_norm_clip=None):
   initial state and the spy on the TFF computation."""
   data = _data()
   config = _config(mode='masking', bits=16, clip=1.0)
-  keras_fn = lambda: build_keras_model(ModelConfig('logreg'), (3,), seed=2)
-  probe = training.client_dataset(data, 'a', config, 0)
-  model_fn = tff_model_fn(keras_fn, probe.element_spec)
+  task = Task(data, _keras, config)
   with runtime.execution_context():
     client_work = tff.learning.templates.build_model_delta_client_work(
-        model_fn, tff.learning.optimizers.build_sgdm(0.3), tff.learning.ClientWeighting.UNIFORM)
-    process = MaskedLearningProcess(model_fn, client_work, tff.learning.optimizers.build_sgdm(1.0),
-                                    config.secure_agg, 4, l2_norm_clip, noise_multiplier)
+        task.model_fn, tff.learning.optimizers.build_sgdm(0.3),
+        tff.learning.ClientWeighting.UNIFORM)
+    process = MaskingPlan(task, client_work, lambda h, _: client_dataset(data, h, config, 0),
+                          l2_norm_clip, noise_multiplier)
     spy = _Spy(process._masked_updates)
     process._masked_updates = spy
     state = process.initialize()
-    datasets = [training.client_dataset(data, h, config, 0) for h in data.hospitals]
-    one_drop = process.next(state, datasets, list(data.hospitals), dropouts=['b'])
-    aborted = process.next(state, datasets, list(data.hospitals), dropouts=['b', 'c'])
+    datasets = [client_dataset(data, h, config, 0) for h in data.hospitals]
+    cohort = tuple(data.hospitals)
+    one_drop = process.run_round(state, Round(1, cohort, ('a', 'c', 'd')))
+    aborted = process.run_round(state, Round(1, cohort, ('a', 'd')))
     # The same clients' own updates, unmasked, straight from TFF's client work.
     plain = client_work.next(client_work.initialize(), [state.model_weights] * 4, datasets)
   deltas = {h: -np.concatenate([np.ravel(u) for u in r.update])  # TFF: update = w0 - w.
@@ -132,9 +137,8 @@ def test_masked_process_round_against_numpy_and_abort(plain_round):
   assert one_drop.metrics['aggregator']['survivors'] == 3
   assert set(one_drop.metrics['aggregator']) == {'aborted', 'survivors', 'dropped',
                                                  'bytes_per_client', 'masked_bytes'}
-  # Training statistics are summed in the clear: named so, not 'client_work'.
-  assert 'client_work' not in one_drop.metrics
-  assert set(one_drop.metrics['client_work_unprotected']['train']) >= {'loss', 'accuracy', 'auc'}
+  # Without DP, training statistics are summed in the clear and released as such.
+  assert set(one_drop.metrics['train']) == {'loss', 'accuracy', 'auc'}
   # Two dropouts leave 2 < ceil(2 * 4 / 3) = 3 survivors: aborted, model unchanged.
   assert aborted.metrics['aggregator']['aborted'] == 1
   for got, want in zip(aborted.state.model_weights.trainable, state.model_weights.trainable):
@@ -178,27 +182,27 @@ def test_masked_process_with_distributed_dp_noise():
 
 
 @pytest.mark.parametrize('secure,message', [
-    (SecureAggConfig('masking', dropouts=4), '--simulate_dropouts=4'),
-    (SecureAggConfig('masking', threshold=9), '--secagg_threshold=9'),
-    (SecureAggConfig('masking', threshold=2), '--secagg_threshold=2'),  # Half of 4.
-    (SecureAggConfig('tff', bits=40), '--secagg_bits=40'),
-    (SecureAggConfig('tff', dropouts=1), 'apply to --secure_agg=masking'),
+    (SecureAggConfig('masking', threshold=9), 'secure_agg.threshold=9'),
+    (SecureAggConfig('masking', threshold=2), 'secure_agg.threshold=2'),  # Half of 4.
+    (SecureAggConfig('tff', bits=40), 'secure_agg.bits=40'),
+    (SecureAggConfig('tff', threshold=3), 'apply to secure_agg.mode=masking'),
 ])
 def test_bad_secure_aggregation_flags(secure, message):
   config = training.TrainConfig(AlgorithmConfig(client_weighting='uniform'), secure_agg=secure)
   with pytest.raises(ValueError, match=message):
-    config.validate(4)
+    training.build_plan(_data(), _keras, config, log=lambda line: None)
 
 
 def test_masking_with_hospital_level_dp_needs_fixed_clipping():
-  from tff_med.privacy.dp_training import PrivacyConfig  # pylint: disable=g-import-not-at-top
+  from tff_med.privacy.dp_account import PrivacyConfig  # pylint: disable=g-import-not-at-top
   config = training.TrainConfig(
       AlgorithmConfig(client_weighting='uniform'), secure_agg=SecureAggConfig('masking'),
       privacy=PrivacyConfig('client', noise_multiplier=1.0, clipping='adaptive'))
-  with pytest.raises(ValueError, match='--dp_clipping=fixed'):
-    config.validate(4)
+  with pytest.raises(ValueError, match='privacy.clipping=fixed'):
+    training.build_plan(_data(), _keras, config, log=lambda line: None)
 
 
 def test_secure_aggregation_needs_uniform_weighting():
-  with pytest.raises(ValueError, match='--client_weighting=uniform'):
-    training.TrainConfig(secure_agg=SecureAggConfig('tff')).validate(4)
+  with pytest.raises(ValueError, match='algorithm.client_weighting=uniform'):
+    training.build_plan(_data(), _keras, training.TrainConfig(
+        secure_agg=SecureAggConfig('tff')), log=lambda line: None)

@@ -32,6 +32,8 @@ from tff_med.outputs import json_safe
 
 STATE_DIR = 'program_state'
 AUDIT_FILE = 'rounds.jsonl'
+# Everything a run writes under its folder (what overwrite=True deletes).
+OUTPUTS = (STATE_DIR, AUDIT_FILE, 'summary.json', 'metrics.csv', 'tensorboard', 'saved_model')
 
 
 def data_fingerprint(data: FederatedData) -> str:
@@ -55,7 +57,8 @@ def _differences(saved, current, prefix='') -> list[str]:
 
 class RunState:
   """The program state of one run folder. `identity`: what must match to resume
-  (the config as a dict, the data fingerprint, the plan's class chain)."""
+  (the config's fields, `data`: the data fingerprint, `plan`: the plan's class
+  chain); a mismatch names the differing fields."""
 
   def __init__(self, output_dir: str, identity: dict, resume: bool = True,
                overwrite: bool = False):
@@ -64,9 +67,11 @@ class RunState:
     self._audit_path = os.path.join(output_dir, AUDIT_FILE)
     identity_path = os.path.join(self._dir, 'run.json')
     if overwrite:
-      shutil.rmtree(self._dir, ignore_errors=True)
-      for path in (self._audit_path, os.path.join(output_dir, 'summary.json')):
-        if os.path.exists(path):
+      for name in OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
           os.remove(path)
     self._manager = tff.program.FileProgramStateManager(self._dir, keep_total=2,
                                                         keep_first=False)

@@ -167,11 +167,11 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     ValueError: a field of `config` at fault, or a folder holding another run.
   """
   plan = plan or build_plan(data, keras_model_fn, config, aggregator, log)
-  outputs = RunOutputs(output_dir) if output_dir else None
-  saved = (RunState(output_dir, {'config': dataclasses.asdict(config),
+  saved = (RunState(output_dir, {**dataclasses.asdict(config),
                                  'data': data_fingerprint(data),
                                  'plan': _plan_chain(plan)}, resume, overwrite)
            if output_dir else None)
+  outputs = RunOutputs(output_dir) if output_dir else None
   loop, rng = _Loop(), np.random.default_rng(config.seed)
   with runtime.execution_context(
       secure_sums=config.secure_agg.mode == 'tff',
@@ -188,6 +188,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
         state = _one_round(plan, config, data, state, rng, loop, progress)
+        if loop.stopped:  # Nothing ran; a resumed run stops at the same check.
+          break
         loop.rng_state = rng.bit_generator.state
         if saved:
           saved.save(loop.round_num, state, loop.extras(plan))
