@@ -65,7 +65,8 @@ def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainC
                          f'{config.algorithm.name}')
     if aggregator is not None or config.dropouts or config.min_clients:
       raise ValueError(f'algorithm.name={config.algorithm.name} is a baseline: it takes no '
-                       'aggregator, dropouts or min_clients')
+                       f'aggregator, dropouts={config.dropouts} or min_clients='
+                       f'{config.min_clients} (every hospital trains every round)')
     return BaselinePlan(task, pooled=config.algorithm.name == 'pooled')
   config.secure_agg.validate(config.clients_per_round or len(data.hospitals),
                              config.algorithm.client_weighting)
