@@ -15,7 +15,6 @@ state saved, no `worker_binary` left and summary.json saying
 """
 
 import dataclasses
-import math
 import signal
 import threading
 import time
@@ -112,20 +111,6 @@ class _Loop:
     return {**dataclasses.asdict(self), 'plan': plan.checkpoint()}
 
 
-def _no_privacy(summary: dict, data: FederatedData) -> dict:
-  """The privacy block of a run without DP: no epsilon, and what it releases."""
-  mode = summary.get('secure_aggregation', {}).get('mode', 'none')
-  in_clear = 'in the clear to the server' if mode == 'none' else f'through {mode}, no DP'
-  return {'level': 'none', 'epsilon': math.inf,
-          'statement': 'no differential privacy: the model, its training metrics and the '
-                       'hospitals\' updates depend on every record without any bound',
-          'released': {
-              'model updates': f'not protected ({in_clear})',
-              'model weights, training and test metrics, hospital names and sizes':
-                  'not protected',
-              'preprocessing': f"not protected: {data.preprocessing.get('source', '')}"}}
-
-
 def _release(outputs: RunOutputs | None, state: RunState | None, pending: list) -> None:
   """Releases pending (round, metrics, audit line) triples not yet in rounds.jsonl."""
   done = state.audited_rounds() if state else set()
@@ -174,7 +159,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
   outputs = RunOutputs(output_dir) if output_dir else None
   loop, rng = _Loop(), np.random.default_rng(config.seed)
   with runtime.execution_context(
-      secure_sums=config.secure_agg.mode == 'tff',
+      secure_sums=plan.secure_sums,
       max_concurrent_computation_calls=config.max_concurrent_computation_calls), \
       _Interrupts(log) as interrupts:
     initial_state = plan.initialize()
@@ -280,7 +265,6 @@ def _plan_chain(plan: RoundPlan) -> list[str]:
 
 def _summary(plan, config, data, evaluation, loop: _Loop, status: str,
              extra_summary: dict | None) -> dict:
-  plan_summary = plan.summary()
   return {
       'status': status,
       'algorithm': config.algorithm.name,
@@ -299,9 +283,8 @@ def _summary(plan, config, data, evaluation, loop: _Loop, status: str,
       **({'local_models': evaluation['local_models']} if 'local_models' in evaluation else {}),
       **({'skipped_rounds': loop.skipped_rounds, 'dropouts': loop.dropouts}
          if not plan.hides_cohort else {}),
-      **plan_summary,
-      'privacy': plan_summary.get('privacy') or _no_privacy(plan_summary, data),
-      **(loop.stopped or ({'stopped_early': False} if 'privacy' in plan_summary else {})),
+      **plan.summary(),
+      **(loop.stopped or {}),
       **(extra_summary or {}),
       **({'wall_seconds': loop.seconds} if not plan.hides_cohort else {}),
   }

@@ -11,13 +11,14 @@ from tff_med.evaluation import evaluate
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
 from tff_med.models.tff_model import loss as model_loss
+from tff_med.privacy.dp_account import no_dp
 
 
 class BaselinePlan(RoundPlan):
   """`pooled` False: `local`. Every hospital takes part in every round."""
 
   def __init__(self, task: Task, pooled: bool):
-    self.task = task
+    self.task, self._pooled = task, pooled
     data = task.data
     self._train = ({'pooled': data.pooled('train')} if pooled
                    else {h: data.train_arrays(h) for h in data.hospitals})
@@ -54,6 +55,11 @@ class BaselinePlan(RoundPlan):
     for name, model in self._models.items():
       model.set_weights(list(state[name]))
     return dict(self._models)
+
+  def summary(self) -> dict:
+    updates = ('none leave a hospital: it is a baseline, all records pooled in one place'
+               if self._pooled else 'none leave a hospital: each trains alone')
+    return {'privacy': no_dp(self.task.data, updates)}
 
   def evaluate(self, state) -> dict:
     """`pooled`: the model on every test set. `local`: per_hospital holds each

@@ -30,7 +30,9 @@ class DpPlan(PlanWrapper):
     return self.dp.hides_cohort or self.inner.hides_cohort
 
   def summary(self) -> dict:
-    return {**self.inner.summary(),
+    """The inner plan's, with the DP guarantee (the loop replaces
+    `stopped_early` when the budget stopped the run)."""
+    return {**self.inner.summary(), 'stopped_early': False,
             'privacy': {**self.dp.report(), 'released': self.dp.released()}}
 
   def checkpoint(self) -> dict:

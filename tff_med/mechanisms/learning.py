@@ -12,6 +12,7 @@ from tff_med.algorithms import build_learning_process, server_optimizer
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
 from tff_med.privacy import dp_sgd
+from tff_med.privacy.dp_account import no_dp
 from tff_med.secure_agg.tff_secure_sum import QuantizedSecureSumFactory
 
 DatasetFn = Callable[[str, int], tf.data.Dataset]  # (hospital, round) -> its data
@@ -48,15 +49,22 @@ class LearningPlan(RoundPlan):
 
   def __init__(self, task: Task, process: tff.learning.templates.LearningProcess,
                secure_summary: dict, bytes_per_client: float,
-               dataset_fn: DatasetFn | None = None, runs_empty_rounds: bool = False):
+               dataset_fn: DatasetFn | None = None, runs_empty_rounds: bool = False,
+               secure_sums: bool = False):
     """`secure_summary`: summary.json's `secure_aggregation` block;
     `bytes_per_client`: one hospital's upload per round; `dataset_fn`: default
     `task.dataset`; `runs_empty_rounds`: a round nobody reports in still runs
-    (central DP: its noise is released)."""
+    (central DP: its noise is released); `secure_sums`: the process uses TFF's
+    secure sums."""
     self.task, self.process = task, process
     self._secure_summary, self._bytes = secure_summary, bytes_per_client
     self._dataset_fn = dataset_fn or task.dataset
     self._runs_empty_rounds = runs_empty_rounds
+    self._secure_sums = secure_sums
+
+  @property
+  def secure_sums(self) -> bool:
+    return self._secure_sums
 
   def initialize(self):
     return self.process.initialize()
@@ -86,7 +94,10 @@ class LearningPlan(RoundPlan):
     return self.process.set_model_weights(state, weights)
 
   def summary(self):
-    return {'secure_aggregation': self._secure_summary}
+    updates = ('in the clear to the server' if self._secure_summary['mode'] == 'none' else
+               f"through secure_agg.mode={self._secure_summary['mode']}, no DP")
+    return {'secure_aggregation': self._secure_summary,
+            'privacy': no_dp(self.task.data, updates)}
 
 
 def plain_aggregation(task: Task, client_work=None, dataset_fn: DatasetFn | None = None,
@@ -120,7 +131,7 @@ def tff_secure_sum_aggregation(task: Task, client_work=None,
   return LearningPlan(task, _process(task, client_work, factory),
                       {'mode': 'tff', 'bits': secure.bits, 'clip': secure.clip,
                        'bytes_per_client': secure.bytes_per_client(num_params)},
-                      secure.bytes_per_client(num_params), dataset_fn)
+                      secure.bytes_per_client(num_params), dataset_fn, secure_sums=True)
 
 
 def _process(task: Task, client_work, aggregator, weighted=True, metrics_aggregator=None):

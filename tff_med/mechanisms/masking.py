@@ -38,6 +38,7 @@ from tff_med.algorithms import client_optimizer, server_optimizer
 from tff_med.mechanisms.learning import DatasetFn, client_metrics, scalar_leaves
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
+from tff_med.privacy.dp_account import no_dp
 from tff_med.secure_agg.ddp import DistributedDiscreteGaussian
 from tff_med.secure_agg.masking import MaskingRound, SecureAggregationAborted
 
@@ -211,7 +212,8 @@ class MaskingPlan(RoundPlan):
         'colluders': 't-2' if secure.colluders is None else secure.colluders,
         'aborted_rounds': self._record['aborted_rounds'],
         **({'noise_approximation_tau': self._record['tau']} if self._noise else {}),
-        'bytes_per_client': float(np.mean(sent)) if sent else math.nan}}
+        'bytes_per_client': float(np.mean(sent)) if sent else math.nan},
+            'privacy': no_dp(self.task.data, 'through secure_agg.mode=masking, no DP')}
 
   def checkpoint(self) -> dict:
     return {'masking': dict(self._record)}

@@ -100,6 +100,11 @@ class RoundPlan(abc.ABC):
     return metrics
 
   @property
+  def secure_sums(self) -> bool:
+    """True where the plan runs TFF secure sums (only TFF's test context runs them)."""
+    return False
+
+  @property
   def hides_cohort(self) -> bool:
     """True where privacy rests on the cohort staying secret: the loop then holds
     every release until the end and reports no times."""
@@ -161,6 +166,10 @@ class PlanWrapper(RoundPlan):
 
   def releasable(self, metrics):
     return self.inner.releasable(metrics)
+
+  @property
+  def secure_sums(self):
+    return self.inner.secure_sums
 
   @property
   def hides_cohort(self):

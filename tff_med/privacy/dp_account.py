@@ -86,6 +86,19 @@ class PrivacyConfig:
   every: int = 1
 
 
+def no_dp(data: FederatedData, updates: str) -> dict:
+  """The privacy block of a run without DP: no epsilon, and what it releases;
+  `updates`: how the hospitals' updates travel (e.g. 'in the clear to the server')."""
+  return {'level': 'none', 'epsilon': math.inf,
+          'statement': 'no differential privacy: the model, its training metrics and the '
+                       'hospitals\' updates depend on every record without any bound',
+          'released': {
+              'model updates': f'not protected ({updates})',
+              'model weights, training and test metrics, hospital names and sizes':
+                  'not protected',
+              'preprocessing': f"not protected: {data.preprocessing.get('source', '')}"}}
+
+
 @dataclasses.dataclass
 class _View:
   """One adversary's accounting: its ledger (None: nothing is claimed against
