@@ -149,9 +149,9 @@ flags.DEFINE_integer('dp_every', 1, 'With --dp_schedule=every_n: rounds between 
                      'rounds.')
 flags.DEFINE_enum('secure_agg', 'none', list(secure_agg_config.MODES), 'How hospital '
                   'updates reach the server: none (in the clear); tff (TFF secure-sum '
-                  'processes: quantised, simulated as a plain sum; with --dp=client TFF\'s '
-                  'distributed-DP aggregator); masking (pairwise-masking protocol: the '
-                  'server only sees masked vectors).')
+                  'processes: quantised, simulated as a plain sum; refused with '
+                  '--dp=client); masking (pairwise-masking protocol: the server only sees '
+                  'masked vectors; with --dp=client, distributed discrete Gaussian noise).')
 flags.DEFINE_integer('secagg_bits', 16, 'Bit width b of the secure modular sum (2-32).')
 flags.DEFINE_float('secagg_clip', 1.0, 'Each update value is clipped to [-clip, clip] '
                    'before quantisation (parameter units).')

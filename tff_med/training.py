@@ -100,7 +100,7 @@ class _Loop:
   round_num: int = 0
   rng_state: dict | None = None
   pending: list = dataclasses.field(default_factory=list)  # [(round, metrics, audit)]
-  evaluation: dict | None = None
+  evaluations: list = dataclasses.field(default_factory=list)  # [(round, eval)]
   seconds: float = 0.0
   sessions: int = 0
   skipped_rounds: int = 0
@@ -244,8 +244,8 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
              'round_seconds': time.monotonic() - round_start}
   metrics = plan.releasable(metrics)
   if round_num % config.eval_every == 0 or round_num == config.rounds:
-    loop.evaluation = plan.evaluate(result.state)
-    metrics['eval'] = _flat_eval(loop.evaluation)
+    metrics['eval'] = _flat_eval(plan.evaluate(result.state))
+    loop.evaluations.append((round_num, metrics['eval']))
   audit = {'round': round_num, 'session': loop.sessions, 'applied': result.applied,
            **({} if plan.hides_cohort else {'cohort': len(cohort),
                                             'reporting': len(round_.reporting)})}
