@@ -12,6 +12,12 @@ releasable. A folder that holds state resumes from its last completed round.
 SIGINT/SIGTERM end the run after the current round (a second one at once), with
 state saved, no `worker_binary` left and summary.json saying
 `"status": "interrupted"`.
+
+A round's progress line (round, training loss where released, times, note) is
+printed when the round ends; its test metrics, a function of the round's model,
+are printed only once its state (and DP event) is saved, with its other
+releases. Where the cohort is secret (`hides_cohort`) every line is held to the
+end: their arrival times would time each round.
 """
 
 import dataclasses
@@ -43,9 +49,10 @@ def _flat_eval(evaluation: dict) -> dict:
 
 
 class _Progress:
-  """Prints one line per round: round, training loss (where released), elapsed
-  and estimated time left; no times where they would reveal a secret cohort
-  (`timed` False)."""
+  """One line per round: round, training loss (where released), elapsed and
+  estimated time left; no times where they would reveal a secret cohort
+  (`timed` False). Test metrics go on a line of their own, printed with the
+  round's releases."""
 
   def __init__(self, rounds: int, first_round: int, log: Callable[[str], None],
                timed: bool = True):
@@ -55,17 +62,20 @@ class _Progress:
   def elapsed(self) -> float:
     return time.monotonic() - self._start
 
-  def round_done(self, round_num: int, metrics: dict, note: str) -> None:
+  def lines(self, round_num: int, metrics: dict, note: str) -> tuple[str, str | None]:
+    """(the round's line, its test-metrics line or None)."""
     elapsed = self.elapsed()
     left = elapsed / (round_num - self._first + 1) * (self._rounds - round_num)
     loss = metrics.get('train', {}).get('loss')
     line = (f'round {round_num:4d}/{self._rounds}  '
             + (f'loss {loss:.4f}  ' if loss is not None else '')
             + (f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s' if self.timed else ''))
+    evaluated = None
     if 'eval' in metrics:
       pooled = metrics['eval']['pooled']
-      line += f"  pooled acc {pooled['accuracy']:.3f} auc {pooled['auc']:.3f}"
-    self.log(line + (f'  ({note})' if note else ''))
+      evaluated = (f"      round {round_num:4d} test: pooled acc {pooled['accuracy']:.3f} "
+                   f"auc {pooled['auc']:.3f}")
+    return line + (f'  ({note})' if note else ''), evaluated
 
 
 class _Interrupts:
@@ -99,7 +109,7 @@ class _Loop:
   """What the loop carries between rounds, and saves with the process state."""
   round_num: int = 0
   rng_state: dict | None = None
-  pending: list = dataclasses.field(default_factory=list)  # [(round, metrics, audit)]
+  pending: list = dataclasses.field(default_factory=list)  # [(round, metrics, audit, lines)]
   evaluations: list = dataclasses.field(default_factory=list)  # [(round, eval)]
   seconds: float = 0.0
   sessions: int = 0
@@ -111,16 +121,20 @@ class _Loop:
     return {**dataclasses.asdict(self), 'plan': plan.checkpoint()}
 
 
-def _release(outputs: RunOutputs | None, state: RunState | None, pending: list) -> None:
-  """Releases pending (round, metrics, audit line) triples not yet in rounds.jsonl."""
+def _release(outputs: RunOutputs | None, state: RunState | None, pending: list,
+             log: Callable[[str], None]) -> None:
+  """Releases pending (round, metrics, audit line, progress lines) not yet in
+  rounds.jsonl; call only once their rounds' state is saved."""
   done = state.audited_rounds() if state else set()
-  for round_num, metrics, audit in pending:
+  for round_num, metrics, audit, lines in pending:
     if round_num in done:
       continue
     if outputs:
       outputs.release(metrics, round_num)
     if state:
       state.audit(audit)
+    for line in lines:
+      log(line)
   pending.clear()
 
 
@@ -168,7 +182,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     if saved:
       saved.audit({'event': 'resumed' if loop.round_num else 'started',
                    'session': loop.sessions, 'after_round': loop.round_num})
-    _release(outputs, saved, loop.pending)  # What a cut run saved but never released.
+    _release(outputs, saved, loop.pending, log)  # What a cut run saved but never released.
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
@@ -179,7 +193,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         if saved:
           saved.save(loop.round_num, state, loop.extras(plan))
         if not plan.hides_cohort:
-          _release(outputs, saved, loop.pending)
+          _release(outputs, saved, loop.pending, log)
     except KeyboardInterrupt:
       log('interrupted mid-round: the run continues from its last saved round')
       sessions = loop.sessions
@@ -188,7 +202,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     finished = loop.round_num == config.rounds or loop.stopped
     status = 'completed' if finished else 'interrupted'
     loop.seconds += progress.elapsed()
-    _release(outputs, saved, loop.pending)
+    _release(outputs, saved, loop.pending, log)
     evaluation = plan.evaluate(state)
     if outputs and finished:  # An unfinished folder holds no model.
       models = plan.models(state)
@@ -249,8 +263,13 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
   audit = {'round': round_num, 'session': loop.sessions, 'applied': result.applied,
            **({} if plan.hides_cohort else {'cohort': len(cohort),
                                             'reporting': len(round_.reporting)})}
-  loop.pending.append((round_num, metrics, audit))
-  progress.round_done(round_num, metrics, result.note)
+  line, evaluated = progress.lines(round_num, metrics, result.note)
+  held = [evaluated] if evaluated else []  # A function of the model: once it is saved.
+  if plan.hides_cohort:
+    held.insert(0, line)  # Printed now, the line would time the round.
+  else:
+    progress.log(line)
+  loop.pending.append((round_num, metrics, audit, held))
   return result.state
 
 
