@@ -15,7 +15,9 @@ Under `output_dir`:
                                     (started, resumed, interrupted, completed)
 
 program_state/ is the server's own state: it is not a release (its file times
-show when each round ended).
+show when each round ended). A round's state is saved before anything of the
+round is released, so a folder whose rounds.jsonl shows a round beyond its
+saved state lost state (the ledger with it): it is refused.
 """
 
 import asyncio
@@ -82,6 +84,14 @@ class RunState:
       raise ValueError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
                        'resume it (resume=True), start again (overwrite=True) or choose '
                        'another output_dir')
+    released = max(self.audited_rounds(), default=0)
+    if released > self.saved_round:  # State is saved before its round is released.
+      raise ValueError(
+          f'{output_dir}: rounds.jsonl shows round {released} released, but program_state/ '
+          f'holds {f"round {self.saved_round}" if self.saved_round else "no state"} (deleted?): '
+          'continuing would train released rounds again with fresh noise, and a ledger that '
+          'forgot them would charge them once. Start again (overwrite=True) or choose '
+          'another output_dir')
     if self.saved_round:
       with open(identity_path) as f:
         differences = _differences(json.load(f), identity)
