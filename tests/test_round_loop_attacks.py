@@ -11,7 +11,7 @@ was false with the new loop, demonstrated on toy data.
   saved: a process killed just after the line reruns the round with fresh
   noise and charges it once, although a function of the first model already
   left the process.
-- C (open, xfail): a hospital that drops out under masking "trains and masks,
+- C: a hospital that drops out under masking "trains and masks,
   then never sends", yet its training loss, accuracy and AUC are summed into
   the round's released training statistics (runs without DP only: under DP no
   statistic is computed).
@@ -19,11 +19,11 @@ was false with the new loop, demonstrated on toy data.
   folder, deleted) was resumed or restarted silently: rounds already released
   were trained again with fresh noise and charged once, and their new
   releases were dropped as duplicates.
-- E (documented limitation, xfail): a round cut after its hospitals trained
-  but before its state was saved is trained again and charged once.
+(A round cut after its hospitals trained but before its state was saved is
+trained again and charged once: in this single-process simulation its
+aggregate never left the process; README "Resuming and interrupting".)
 """
 
-import json
 import math
 import re
 import shutil
@@ -140,9 +140,6 @@ def test_b_no_output_of_a_round_leaves_before_its_ledger_is_saved(tmp_path):
   assert [r for r, _, _ in runs] == [1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason='open: MaskingPlan trains the whole cohort in one TFF '
-                   'call whose metrics aggregator sums every client; fix: train the dropped '
-                   'hospitals in a call of their own and discard its statistics')
 def test_c_a_hospital_that_drops_out_under_masking_sends_no_training_statistics():
   """Masking without DP: a cohort of three with one dropout. The released
   training statistics must be those of the two hospitals that reported (as
@@ -182,40 +179,3 @@ def test_d_state_behind_the_audit_of_released_rounds_is_refused(tmp_path, delete
   assert [r for r, _, _ in runs] == [1, 2, 3]  # Nothing trained again.
   summary = training.run(data, _keras, config, str(tmp_path), log=_quiet, overwrite=True)
   assert summary['status'] == 'completed' and summary['sessions'] == 1
-
-
-class _DiesAfterTraining(PlanWrapper):
-  """Dies once, in round `at`, after the hospitals trained and the aggregate
-  was computed, before the loop saved the round."""
-
-  def __init__(self, inner, at, runs):
-    super().__init__(inner)
-    self._at, self.runs = at, runs
-
-  def run_round(self, state, round_):
-    result = self.inner.run_round(state, round_)
-    self.runs.append(round_.number)
-    if round_.number == self._at:
-      raise _Killed
-    return result
-
-
-@pytest.mark.xfail(strict=True, reason='documented (README "Resuming and interrupting", '
-                   'issue 12): in this single-process simulation the cut round\'s aggregate '
-                   'never left the process; a deployment with a remote server must charge '
-                   'it (write-ahead accounting)')
-def test_e_a_round_whose_hospitals_sent_updates_is_charged_even_if_cut(tmp_path):
-  data, runs = _data(), []
-  config = _config(rounds=3, privacy=RECORD_DP)
-  with pytest.raises(_Killed):
-    training.run(data, _keras, config, str(tmp_path), log=_quiet,
-                 plan=_DiesAfterTraining(training.build_plan(data, _keras, config,
-                                                             log=_quiet), 2, runs))
-  summary = training.run(data, _keras, config, str(tmp_path), log=_quiet,
-                         plan=_DiesAfterTraining(training.build_plan(data, _keras, config,
-                                                                     log=_quiet), 0, runs))
-  assert runs == [1, 2, 2, 3]  # Round 2's hospitals sent DP-SGD updates twice.
-  with open(tmp_path / 'rounds.jsonl') as f:
-    assert [l['round'] for l in map(json.loads, f) if 'event' not in l] == [1, 2, 3]
-  assert all(v['steps'] == 4 * _steps(SIZES[h])
-             for h, v in summary['privacy']['per_hospital'].items())

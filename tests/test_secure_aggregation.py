@@ -148,12 +148,14 @@ def test_masked_process_round_against_numpy_and_abort(plain_round):
 def test_masked_process_driver_routes_only_offset_file_paths(plain_round):
   """C1: the TFF computation gets, besides state, weights and data, only one
   string path per hospital (no mask, no seed); each file existed while it ran,
-  in a folder of its own, and is gone after the round."""
+  in a folder of its own, and is gone after the round. Each round is two calls:
+  the reporting hospitals, and those that drop out (whose outputs go nowhere)."""
   spy = plain_round[-1]
-  assert len(spy.calls) == 2
-  for args, existed in spy.calls:
-    paths = args[-1]
-    assert len(args) == 4 and all(isinstance(p, str) for p in paths) and all(existed)
+  assert [len(args[-1]) for args, _ in spy.calls] == [3, 1, 2, 2]
+  for round_calls in (spy.calls[:2], spy.calls[2:]):
+    paths = [p for args, _ in round_calls for p in args[-1]]
+    for args, existed in round_calls:
+      assert len(args) == 4 and all(isinstance(p, str) for p in args[-1]) and all(existed)
     assert len({os.path.dirname(p) for p in paths}) == len(paths) == 4
     assert not any(os.path.exists(os.path.dirname(p)) for p in paths)
 

@@ -21,8 +21,10 @@ TFF's optimizer finalizer.
 Distributed DP (`noise_multiplier` z > 0): `ddp.DistributedDiscreteGaussian`
 sizes the noise shares and the quantiser's headroom; `round_noise_multiplier`,
 `planned_noise_multiplier`, `tau` and `noise_event` state what a round carries.
-Training statistics (loss, accuracy, AUC, noisy_steps) are summed in the clear,
-neither masked nor noised (under DP the client work computes none).
+Training statistics (loss, accuracy, AUC) of the reporting hospitals, and
+DP-SGD's noisy_steps of every hospital that trained (public sizes), are summed
+in the clear, neither masked nor noised (under DP the client work computes no
+statistic).
 """
 
 import dataclasses
@@ -166,23 +168,32 @@ class MaskingPlan(RoundPlan):
 
   def run_round(self, state: MaskedState, round_: Round) -> RoundResult:
     """Every hospital of the cohort trains and masks; those not reporting drop
-    out after masking. Threshold: `SecureAggConfig.threshold_for` the cohort."""
+    out after masking. Threshold: `SecureAggConfig.threshold_for` the cohort.
+    The hospitals that drop out train in a computation of their own, whose
+    masked updates and training statistics go nowhere (their DP-SGD step count,
+    a function of public sizes, is added to `noisy_steps`, which counts the
+    hospitals that trained)."""
     hospitals = list(round_.cohort)
     if not hospitals:
       return self.skip_round(state, round_)
     cohort = len(hospitals)
+    groups = ([h for h in hospitals if h in round_.reporting],
+              [h for h in hospitals if h not in round_.reporting])
     try:
       noise_scale = self._noise.share_scale(cohort) if self._noise else 0
       with MaskingRound(hospitals, self.quantizer.bits, self._secure.threshold_for(cohort),
                         noise_scale) as round_masks:
-        masked, work_state, work_metrics = self._masked_updates(
+        paths = dict(zip(hospitals, round_masks.offset_files(self.num_params)))
+        train_and_mask = lambda group: self._masked_updates(  # (masked, work state, metrics)
             state.client_work, state.model_weights,
-            [self._dataset_fn(h, round_.number) for h in hospitals],
-            round_masks.offset_files(self.num_params))
+            [self._dataset_fn(h, round_.number) for h in group], [paths[h] for h in group])
+        reporting, dropped = (train_and_mask(group) if group else None for group in groups)
+        work_state, work_metrics = ((reporting[1], reporting[2]) if reporting
+                                    else (dropped[1], {}))
         state = state._replace(client_work=work_state)
         total, stats = round_masks.finish({h: np.asarray(y).astype(np.uint64)
-                                           for h, y in zip(hospitals, masked)
-                                           if h in round_.reporting})
+                                           for h, y in zip(groups[0], reporting[0])}
+                                          if reporting else {})
     except SecureAggregationAborted as e:
       self._record['aborted_rounds'] += 1
       return RoundResult(state, {'aggregator': {'aborted': 1,
@@ -201,6 +212,8 @@ class MaskingPlan(RoundPlan):
     if self._noise:
       self._record['tau'] = max(self._record['tau'], self.tau(count, cohort))
     metrics = {**client_metrics(scalar_leaves(work_metrics)), 'aggregator': aggregator}
+    if dropped and 'noisy_steps' in metrics:
+      metrics['noisy_steps'] += scalar_leaves(dropped[2])['noisy_steps']
     return RoundResult(MaskedState(finalized.result, finalized.state, state.client_work),
                        metrics, trained=round_.cohort)
 
