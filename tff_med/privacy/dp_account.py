@@ -130,7 +130,7 @@ class DpAccount:
     self._cohort_size = clients_per_round or num_hospitals
     self.aggregation = aggregation
     self.colluders = colluders
-    self._check_flags()
+    self._check_fields()
     if config.level == 'record':
       self.delta = (config.target_delta if config.target_delta is not None
                     else accounting.default_record_delta(self._num_train))
@@ -154,7 +154,7 @@ class DpAccount:
           'case of every round)')
     self.views = self._views()
 
-  def _check_flags(self) -> None:
+  def _check_fields(self) -> None:
     c = self.config
     if c.level not in LEVELS[1:]:
       raise ValueError(f'privacy.level={c.level!r}: choose one of {LEVELS}')
