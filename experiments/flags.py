@@ -13,6 +13,7 @@ The library's errors name config fields (`privacy.l2_norm_clip=0: ...`);
 
 import dataclasses
 import functools
+import logging as std_logging
 import re
 import sys
 from collections.abc import Mapping
@@ -73,9 +74,23 @@ flags.DEFINE_list('profile_features', [], 'Feature names shifted by hospital pro
                   '(default: the dataset\'s size features; images: brightness).')
 flags.DEFINE_list('csv_files', [], 'For --dataset=csv: one CSV file per hospital; the '
                   'file name (without .csv) names the hospital.')
-flags.DEFINE_string('label_column', 'label', 'For --dataset=csv: the 0/1 outcome column.')
+flags.DEFINE_string('label_column', 'label', 'For --dataset=csv: the outcome column, 0/1 '
+                    'or any values with --positive_label.')
+flags.DEFINE_string('positive_label', None, 'For --dataset=csv: the label value that means 1 '
+                    '(e.g. Yes, malignant, died); every other value means 0.')
 flags.DEFINE_list('categorical_columns', [], 'For --dataset=csv: columns one-hot encoded '
-                  'instead of z-scored.')
+                  'instead of z-scored (text columns must be listed here or dropped).')
+flags.DEFINE_list('feature_columns', [], 'For --dataset=csv: the feature columns; default '
+                  'every column but the label, --drop_columns and the ID columns.')
+flags.DEFINE_list('drop_columns', [], 'For --dataset=csv: columns left out of the features.')
+flags.DEFINE_list('id_columns', [], 'For --dataset=csv: record-identifier columns, never '
+                  'trained on. Default (without --feature_columns): columns named like id, '
+                  'patient_id, rownames or "Unnamed: 0" with a unique value per row, reported.')
+flags.DEFINE_enum('missing', 'error', ['error', 'drop_rows'], 'For --dataset=csv: cells '
+                  'that are empty or NA, NaN, ?, ...: stop with an error listing them, or '
+                  'drop their rows (reporting how many per hospital).')
+flags.DEFINE_string('csv_encoding', 'utf-8', 'For --dataset=csv: text encoding of the files '
+                    '(e.g. cp1252 for Excel on Windows); a UTF-8 byte-order mark is dropped.')
 flags.DEFINE_enum('scaling', None, ['zscore', 'public_ranges'], 'Scaling of table '
                   'features: zscore (training mean/std: statistics of the records, refused '
                   'with --dp) or public_ranges (each numeric column clipped to a declared '
@@ -199,6 +214,9 @@ def data_config(seed: int | None = None) -> data_lib.DataConfig:
       partition=_flag_or_default('partition'), dirichlet_alpha=FLAGS.dirichlet_alpha,
       profile_features=tuple(FLAGS.profile_features), csv_files=tuple(FLAGS.csv_files),
       label_column=FLAGS.label_column, categorical_columns=tuple(FLAGS.categorical_columns),
+      feature_columns=tuple(FLAGS.feature_columns), drop_columns=tuple(FLAGS.drop_columns),
+      id_columns=tuple(FLAGS.id_columns), positive_label=FLAGS.positive_label,
+      missing=FLAGS.missing, csv_encoding=FLAGS.csv_encoding,
       test_fraction=FLAGS.test_fraction, seed=FLAGS.seed if seed is None else seed,
       scaling=FLAGS.scaling or ('public_ranges' if FLAGS.dp != 'none' else 'zscore'),
       feature_ranges=_feature_ranges())
@@ -372,6 +390,20 @@ def flag_message(message: str, overrides: Mapping[str, str] | None = None) -> st
     return table[field]
 
   return pattern.sub(replace, message)
+
+
+class _FlagNames(std_logging.Filter):
+  """Rewrites the config fields in the library's log records (e.g. the CSV loader's
+  notes) into flags, as `flag_message` does for errors."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    record.msg, record.args = flag_message(record.getMessage()), ()
+    return True
+
+
+# A filter on a logger applies to that logger's own records only: the loggers that
+# write notes are listed.
+std_logging.getLogger(data_lib.csv_tables.__name__).addFilter(_FlagNames())
 
 
 def exit_with_error(error: Exception, overrides: Mapping[str, str] | None = None):

@@ -66,7 +66,8 @@ def _bad(tmp_path, row, replace_with):
     (2, '61.0,,120.5,0', r"line 3 \(data row 2\), column 'ward': empty cell"),
     (5, '61.0,icu,high,0', r"line 6 \(data row 5\), column 'bp': value 'high' is not a number"),
     (1, '61.0,icu,120.5,2', r"line 2 \(data row 1\), column 'label': label '2' is not 0 or 1"),
-    (7, 'nan,icu,120.5,1', r"line 8 \(data row 7\), column 'age': value 'nan' is NaN or inf"),
+    (7, "nan,icu,120.5,1", r"line 8 \(data row 7\), column 'age': missing value 'nan'"),
+    (7, "1e999,icu,120.5,1", r"line 8 \(data row 7\), column 'age': value '1e999' is NaN or inf"),
     (9, '61.0,icu,-inf,1', r"line 10 \(data row 9\), column 'bp': value '-inf' is NaN or inf"),
 ])
 def test_bad_cell_names_hospital_file_line_and_column(tmp_path, row, text, message):

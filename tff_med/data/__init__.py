@@ -30,7 +30,9 @@ class DataConfig:
     num_hospitals, partition, dirichlet_alpha, profile_features: simulated
       hospitals (breast_cancer, MedMNIST; see `partition.simulate_hospitals`).
       profile_features applies to breast_cancer only; () = its default.
-    csv_files, label_column, categorical_columns: the 'csv' data set.
+    csv_files, label_column, categorical_columns, feature_columns, drop_columns,
+      id_columns, positive_label, missing, csv_encoding: the 'csv' data set
+      (see `csv_tables`); CSV_FIELDS, an error for any other data set.
     test_fraction: held-out share for breast_cancer and csv (heart_disease
       keeps FLamby's 0.34; MedMNIST uses its official test set).
     seed: seeds splits and partitions.
@@ -55,6 +57,12 @@ class DataConfig:
   seed: int = 0
   scaling: str = 'zscore'
   feature_ranges: tuple[tuple[str, float, float], ...] = ()
+  feature_columns: tuple[str, ...] = ()
+  drop_columns: tuple[str, ...] = ()
+  id_columns: tuple[str, ...] = ()
+  positive_label: str | None = None
+  missing: str = 'error'
+  csv_encoding: str = 'utf-8'
 
   def resolved_data_dir(self) -> str:
     """`data_dir`, else $TFF_MED_DATA_DIR; DataError when neither is set."""
@@ -65,12 +73,21 @@ class DataConfig:
     return data_dir
 
 
+# Fields read by the csv data set only; set for another data set, they are an error.
+CSV_FIELDS = ('feature_ranges', 'csv_files', 'label_column', 'categorical_columns',
+              'feature_columns', 'drop_columns', 'id_columns', 'positive_label', 'missing',
+              'csv_encoding')
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+
+
 def load(config: DataConfig) -> FederatedData:
   """Builds the hospitals' data described by `config`."""
   preprocess.check_scaling(config.scaling)
-  if config.feature_ranges and config.dataset != 'csv':
-    raise DataError(f'data.feature_ranges: applies to the csv data set only, not '
-                    f'{config.dataset!r}')
+  if config.dataset != 'csv':
+    for field in CSV_FIELDS:
+      if getattr(config, field) != _DEFAULTS[field]:
+        raise DataError(f'data.{field}: applies to the csv data set only, not '
+                        f'{config.dataset!r}')
   if config.dataset == 'heart_disease':
     return heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling)
   if config.dataset == 'breast_cancer':
@@ -83,5 +100,8 @@ def load(config: DataConfig) -> FederatedData:
   if config.dataset == 'csv':
     return csv_tables.load(config.csv_files, config.label_column, config.categorical_columns,
                            config.test_fraction, config.seed, config.scaling,
-                           config.feature_ranges)
+                           config.feature_ranges, feature_columns=config.feature_columns,
+                           drop_columns=config.drop_columns, id_columns=config.id_columns,
+                           positive_label=config.positive_label, missing=config.missing,
+                           encoding=config.csv_encoding)
   raise DataError(f'unknown data set {config.dataset!r}; choose one of {", ".join(DATASETS)}')
