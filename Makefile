@@ -33,7 +33,7 @@ demo: setup
 	  --output_dir=runs/demo/dp_record_epsilon1
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs
