@@ -9,6 +9,7 @@ program state is resumed from its last completed round (--overwrite starts
 again).
 """
 
+import math
 import os
 import sys
 
@@ -27,6 +28,16 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where outputs go; default
 _AUDIT = flags.DEFINE_bool('audit', False, 'After training, run the membership-inference '
                            'audit of experiments.audit on the run (audit.json).')
 FLAGS = flags.FLAGS
+
+
+def _auc_coverage(summary: dict) -> str:
+  """Which hospitals the mean AUC leaves out, and why ('' when none)."""
+  undefined = [h for h, m in summary['per_hospital'].items() if math.isnan(m['auc'])]
+  if not undefined:
+    return ''
+  return (f" (AUC over {summary['mean_hospital']['auc_hospitals']} of "
+          f"{len(summary['per_hospital'])} hospitals: n/a for {', '.join(undefined)}, whose "
+          'test set holds one class)')
 
 
 def main(argv):
@@ -54,7 +65,8 @@ def main(argv):
              'to continue (--overwrite starts again)')
   print(f"pooled test: accuracy {summary['pooled']['accuracy']:.3f} "
         f"auc {summary['pooled']['auc']:.3f}; mean over hospitals: accuracy "
-        f"{summary['mean_hospital']['accuracy']:.3f} auc {summary['mean_hospital']['auc']:.3f}")
+        f"{summary['mean_hospital']['accuracy']:.3f} auc {summary['mean_hospital']['auc']:.3f}"
+        + _auc_coverage(summary))
   if 'privacy' in summary:
     print(f"privacy: {summary['privacy']['statement']}")
   if summary.get('stopped_early'):

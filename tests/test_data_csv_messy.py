@@ -2,6 +2,7 @@
 values, Excel's BOM / ';' / other encodings, one-class test sets and file
 problems, each as one line naming the file (and, from the binary, the flag)."""
 
+import json
 import logging
 import os
 import re
@@ -273,3 +274,21 @@ def test_binary_prints_the_loaders_notes_with_flag_names(tmp_path):
   assert '--id_columns names them' in result.stderr
   assert 'rows dropped for missing values (--missing=drop_rows): north 1, south 0' in (
       result.stderr)
+
+
+def test_binary_says_which_hospitals_the_mean_auc_leaves_out(tmp_path):
+  """A one-class test set: its AUC is n/a, and the mean over hospitals says it
+  covers 1 of 2 hospitals, equal to the other hospital's AUC."""
+  _write(tmp_path, 'north.csv', _table(30, 0))
+  _write(tmp_path, 'healthy.csv', _table(12, 1, label=lambda i: '0'))
+  result = _train('--dataset=csv',
+                  f'--csv_files={tmp_path}/north.csv,{tmp_path}/healthy.csv',
+                  f'--output_dir={tmp_path}/out', '--rounds=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert ('(AUC over 1 of 2 hospitals: n/a for healthy, whose test set holds one class)'
+          in result.stdout)
+  with open(tmp_path / 'out' / 'summary.json') as f:
+    summary = json.load(f)
+  assert summary['per_hospital']['healthy']['auc'] is None
+  assert summary['mean_hospital']['auc_hospitals'] == 1
+  assert summary['mean_hospital']['auc'] == summary['per_hospital']['north']['auc']

@@ -22,8 +22,8 @@ def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(model: tf.keras.Model, data: FederatedData, batch_size: int = 1024) -> dict:
-  """{'per_hospital': {name: {accuracy, auc, num_test}}, 'mean_hospital': {accuracy,
-  auc} (unweighted mean over hospitals, NaN AUCs left out), 'pooled': {accuracy, auc}}."""
+  """{'per_hospital': {name: {accuracy, auc, num_test}}, 'mean_hospital':
+  `mean_over_hospitals`, 'pooled': {accuracy, auc}}."""
   logits = {h: np.concatenate([model(x, training=False).numpy() for x in
                                np.array_split(data.test[h][0],
                                               -(-len(data.test[h][0]) // batch_size))])
@@ -33,7 +33,15 @@ def evaluate(model: tf.keras.Model, data: FederatedData, batch_size: int = 1024)
   pooled_logits = np.concatenate([logits[h] for h in data.hospitals])
   return {
       'per_hospital': per_hospital,
-      'mean_hospital': {k: float(np.nanmean([m[k] for m in per_hospital.values()]))
-                        for k in ('accuracy', 'auc')},
+      'mean_hospital': mean_over_hospitals(per_hospital),
       'pooled': binary_metrics(pooled_logits, data.pooled('test')[1]),
   }
+
+
+def mean_over_hospitals(per_hospital: dict) -> dict:
+  """Unweighted means of accuracy and AUC over hospitals; AUC is undefined (NaN)
+  where a test set holds one class, so its mean covers `auc_hospitals` of them."""
+  aucs = [m['auc'] for m in per_hospital.values() if not np.isnan(m['auc'])]
+  return {'accuracy': float(np.mean([m['accuracy'] for m in per_hospital.values()])),
+          'auc': float(np.mean(aucs)) if aucs else float('nan'),
+          'auc_hospitals': len(aucs)}

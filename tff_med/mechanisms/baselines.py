@@ -7,7 +7,7 @@ shuffled by the seed and the round. State: each model's weights."""
 import numpy as np
 import tensorflow as tf
 
-from tff_med.evaluation import evaluate
+from tff_med.evaluation import evaluate, mean_over_hospitals
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
 from tff_med.models.tff_model import loss as model_loss
@@ -73,8 +73,7 @@ class BaselinePlan(RoundPlan):
     per_hospital = {h: local[h]['per_hospital'][h] for h in data.hospitals}
     return {
         'per_hospital': per_hospital,
-        'mean_hospital': {k: float(np.nanmean([m[k] for m in per_hospital.values()]))
-                          for k in ('accuracy', 'auc')},
+        'mean_hospital': mean_over_hospitals(per_hospital),
         'pooled': {k: float(np.nanmean([local[h]['pooled'][k] for h in data.hospitals]))
                    for k in ('accuracy', 'auc')},
         'local_models': local,
