@@ -28,33 +28,17 @@ import math
 import re
 import shutil
 
-import numpy as np
 import pytest
 
 from tff_med import training
 from tff_med.algorithms import AlgorithmConfig
-from tff_med.data.federated_data import FederatedData
 from tff_med.mechanisms.round_plan import PlanWrapper
-from tff_med.models import ModelConfig, build_keras_model
 from tff_med.privacy.dp_account import PrivacyConfig
 from tff_med.secure_agg.config import SecureAggConfig
 
-SIZES = {'h0': 12, 'h1': 16, 'h2': 20, 'h3': 24}
-BATCH = 4
+from test_round_loop import BATCH, SIZES, _data, _keras, _quiet  # The same toy study.
+
 RECORD_DP = PrivacyConfig('record', noise_multiplier=1.0, target_delta=1e-3)
-
-
-def _data():
-  rng = np.random.default_rng(3)
-  arrays = {}
-  for h, n in SIZES.items():
-    x = rng.normal(size=(n, 3)).astype(np.float32)
-    arrays[h] = (x, (x[:, 0] > 0).astype(np.int64))
-  return FederatedData.from_arrays('toy', arrays, arrays)
-
-
-def _keras():
-  return build_keras_model(ModelConfig('logreg'), (3,), seed=1)
 
 
 def _config(rounds=3, eval_every=None, **fields):
@@ -62,10 +46,6 @@ def _config(rounds=3, eval_every=None, **fields):
                                               client_weighting='uniform'),
                               rounds=rounds, batch_size=BATCH,
                               eval_every=eval_every or rounds, **fields)
-
-
-def _quiet(line):
-  del line
 
 
 class _Killed(BaseException):

@@ -196,9 +196,10 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
           _release(outputs, saved, loop.pending, log)
     except KeyboardInterrupt:
       log('interrupted mid-round: the run continues from its last saved round')
-      sessions = loop.sessions
-      state, loop = _restore(plan, saved, initial_state, _Loop(), rng, log)
-      loop.sessions = sessions
+      if saved:  # What the folder holds; without one, the last completed round.
+        sessions = loop.sessions
+        state, loop = _restore(plan, saved, initial_state, _Loop(), rng, log)
+        loop.sessions = sessions
     finished = loop.round_num == config.rounds or loop.stopped
     status = 'completed' if finished else 'interrupted'
     loop.seconds += progress.elapsed()
@@ -251,15 +252,12 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
   else:
     result = plan.run_round(state, round_)
   plan.account(round_, result)
-  loop.round_num, loop.dropouts = round_num, loop.dropouts + len(dropped)
-  loop.skipped_rounds += not result.applied
   metrics = {'clients_in_round': len(cohort), 'reporting': len(round_.reporting),
              'applied': int(result.applied), **result.metrics,
              'round_seconds': time.monotonic() - round_start}
   metrics = plan.releasable(metrics)
   if round_num % config.eval_every == 0 or round_num == config.rounds:
     metrics['eval'] = _flat_eval(plan.evaluate(result.state))
-    loop.evaluations.append((round_num, metrics['eval']))
   audit = {'round': round_num, 'session': loop.sessions, 'applied': result.applied,
            **({} if plan.hides_cohort else {'cohort': len(cohort),
                                             'reporting': len(round_.reporting)})}
@@ -269,6 +267,12 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
     held.insert(0, line)  # Printed now, the line would time the round.
   else:
     progress.log(line)
+  # The loop's record changes last, at once: a second Ctrl-C before here leaves it
+  # at the previous round, with the state the caller still holds.
+  loop.round_num, loop.dropouts = round_num, loop.dropouts + len(dropped)
+  loop.skipped_rounds += not result.applied
+  if 'eval' in metrics:
+    loop.evaluations.append((round_num, metrics['eval']))
   loop.pending.append((round_num, metrics, audit, held))
   return result.state
 
