@@ -35,9 +35,6 @@ class HospitalLevelDp(DpPlan):
                log: Callable[[str], None] = print):
     config, n = task.config, len(task.data.hospitals)
     privacy, secure = config.privacy, config.secure_agg
-    if config.algorithm.name in ('local', 'pooled'):
-      raise ValueError(f'privacy.level=client needs a federated algorithm.name, not '
-                       f'{config.algorithm.name}')
     if aggregator is not None:
       raise ValueError('privacy.level=client builds its own DP aggregator and accounts for '
                        'it; a user aggregator cannot be combined with it (use '

@@ -69,9 +69,6 @@ class LearningPlan(RoundPlan):
   def initialize(self):
     return self.process.initialize()
 
-  def cohort(self, hospitals, rng):
-    return self.task.sample(hospitals, rng)
-
   def run_round(self, state, round_: Round) -> RoundResult:
     if not round_.reporting and not self._runs_empty_rounds:
       return self.skip_round(state, round_)
@@ -81,11 +78,6 @@ class LearningPlan(RoundPlan):
                'aggregator': {**scalar_leaves(output.metrics['aggregator']),
                               'bytes_per_client': self._bytes}}
     return RoundResult(output.state, metrics, trained=round_.reporting)
-
-  def models(self, state):
-    model = self.task.keras_model_fn()  # Built here: TFF builds models in graphs.
-    self.process.get_model_weights(state).assign_weights_to(model)
-    return {'global': model}
 
   def get_model_weights(self, state):
     return self.process.get_model_weights(state)

@@ -125,14 +125,6 @@ class MaskingPlan(RoundPlan):
     weights = self._initial_weights()
     return MaskedState(weights, self._finalizer.initialize(), self._client_work.initialize())
 
-  def cohort(self, hospitals, rng):
-    return self.task.sample(hospitals, rng)
-
-  def models(self, state):
-    model = self.task.keras_model_fn()  # Built here: TFF builds models in graphs.
-    state.model_weights.assign_weights_to(model)
-    return {'global': model}
-
   def get_model_weights(self, state: MaskedState) -> tff.learning.models.ModelWeights:
     return state.model_weights
 

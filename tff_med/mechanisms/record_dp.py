@@ -30,9 +30,6 @@ class RecordLevelDp(DpPlan):
   def __init__(self, task: Task, aggregation: Aggregation, aggregator=None,
                log: Callable[[str], None] = print):
     config = task.config
-    if config.algorithm.name in ('local', 'pooled'):
-      raise ValueError(f'privacy.level=record needs a federated algorithm.name, not '
-                       f'{config.algorithm.name}')
     self.task = task
     self.dp = DpAccount(config.privacy, config.algorithm, task.data, config.rounds,
                         config.clients_per_round, config.batch_size, config.local_epochs, log)

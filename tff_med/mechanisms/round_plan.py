@@ -50,25 +50,30 @@ class RoundResult:
 
 
 class RoundPlan(abc.ABC):
-  """One mechanism's rounds. Subclasses implement the abstract methods; the
-  others have the behaviour of a plan without privacy accounting."""
+  """One mechanism's rounds. Subclasses set `task` (`mechanisms.task.Task`) and
+  implement the abstract methods; the others behave as a plan with one global
+  model, seeded cohorts and no privacy accounting."""
 
   @abc.abstractmethod
   def initialize(self) -> Any:
     """The state before round 1 (a structure `tff.program` can save)."""
 
-  @abc.abstractmethod
   def cohort(self, hospitals: Sequence[str], rng: np.random.Generator) -> list[str]:
-    """The hospitals asked to train this round (`rng`: the run's seeded generator)."""
+    """The hospitals asked to train this round (`rng`: the run's seeded generator):
+    `task.sample`, clients_per_round uniformly without replacement."""
+    return self.task.sample(hospitals, rng)
 
   @abc.abstractmethod
   def run_round(self, state: Any, round_: Round) -> RoundResult:
     """Trains on `round_.cohort`, aggregates `round_.reporting`'s updates."""
 
-  @abc.abstractmethod
   def models(self, state: Any) -> dict[str, tf.keras.Model]:
-    """Name -> the Keras model(s) `state` holds (one 'global' model, or one per
-    hospital for the local baseline)."""
+    """Name -> the Keras model(s) `state` holds: one 'global' model here (built
+    now, as TFF builds its models in graphs); the local baseline has one per
+    hospital."""
+    model = self.task.keras_model_fn()
+    self.get_model_weights(state).assign_weights_to(model)
+    return {'global': model}
 
   def evaluate(self, state: Any) -> dict:
     """Test-set evaluation (`tff_med.evaluation.evaluate`) of the global model;

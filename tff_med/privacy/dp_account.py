@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 import dp_accounting
 from tensorflow_federated.python.aggregators import differential_privacy as tff_dp
 
-from tff_med.algorithms import AlgorithmConfig
+from tff_med.algorithms import BASELINES, AlgorithmConfig
 from tff_med.data.federated_data import FederatedData
 from tff_med.privacy import accounting
 from tff_med.privacy import dp_sgd
@@ -158,6 +158,9 @@ class DpAccount:
     c = self.config
     if c.level not in LEVELS[1:]:
       raise ValueError(f'privacy.level={c.level!r}: choose one of {LEVELS}')
+    if self._algorithm.name in BASELINES:
+      raise ValueError(f'privacy.level={c.level} needs a federated algorithm.name, not '
+                       f'{self._algorithm.name}')
     if c.accountant not in accounting.ACCOUNTANTS:
       raise ValueError(f'privacy.accountant={c.accountant!r}: choose one of {accounting.ACCOUNTANTS}')
     if (c.noise_multiplier is None) == (c.target_epsilon is None):
