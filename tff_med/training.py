@@ -110,7 +110,7 @@ class _Loop:
   round_num: int = 0
   rng_state: dict | None = None
   pending: list = dataclasses.field(default_factory=list)  # [(round, metrics, audit, lines)]
-  evaluations: list = dataclasses.field(default_factory=list)  # [(round, eval)]
+  evaluations: list = dataclasses.field(default_factory=list)  # [(round, evaluation)]
   seconds: float = 0.0
   sessions: int = 0
   skipped_rounds: int = 0
@@ -204,7 +204,9 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     status = 'completed' if finished else 'interrupted'
     loop.seconds += progress.elapsed()
     _release(outputs, saved, loop.pending, log)
-    evaluation = plan.evaluate(state)
+    last_round, evaluation = (loop.evaluations or [(None, None)])[-1]
+    if last_round != loop.round_num:  # The last round ran no evaluation (or none ran).
+      evaluation = plan.evaluate(state)
     if outputs and finished:  # An unfinished folder holds no model.
       models = plan.models(state)
       for name, model in models.items():
@@ -256,8 +258,10 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
              'applied': int(result.applied), **result.metrics,
              'round_seconds': time.monotonic() - round_start}
   metrics = plan.releasable(metrics)
+  evaluation = None
   if round_num % config.eval_every == 0 or round_num == config.rounds:
-    metrics['eval'] = _flat_eval(plan.evaluate(result.state))
+    evaluation = plan.evaluate(result.state)
+    metrics['eval'] = _flat_eval(evaluation)
   audit = {'round': round_num, 'session': loop.sessions, 'applied': result.applied,
            **({} if plan.hides_cohort else {'cohort': len(cohort),
                                             'reporting': len(round_.reporting)})}
@@ -271,8 +275,8 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
   # at the previous round, with the state the caller still holds.
   loop.round_num, loop.dropouts = round_num, loop.dropouts + len(dropped)
   loop.skipped_rounds += not result.applied
-  if 'eval' in metrics:
-    loop.evaluations.append((round_num, metrics['eval']))
+  if evaluation:
+    loop.evaluations.append((round_num, evaluation))
   loop.pending.append((round_num, metrics, audit, held))
   return result.state
 
