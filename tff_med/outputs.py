@@ -61,10 +61,11 @@ class RunOutputs:
     """Releases nested scalar `metrics` (names joined by '/') for `round_num`."""
     asyncio.run(self._release_manager.release(metrics, key=round_num))
 
-  def save_model(self, model: tf.keras.Model, name: str | None = None) -> None:
-    """Saves to saved_model/ (or saved_model/NAME/ for one of several models)."""
-    model.save(os.path.join(self.model_dir, name) if name else self.model_dir,
-               save_format='tf')
+  def save_model(self, model: tf.keras.Model, hospital: str | None = None,
+                 folder: str = 'saved_model') -> None:
+    """Saves to FOLDER/ (or FOLDER/HOSPITAL/ for one of several models)."""
+    path = os.path.join(self.output_dir, folder)
+    model.save(os.path.join(path, hospital) if hospital else path, save_format='tf')
 
   def write_summary(self, summary: dict) -> None:
     write_json(self.summary_path, summary)
