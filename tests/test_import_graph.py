@@ -8,7 +8,8 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Lowest layer first; a module may import only from its own layer or below.
 LAYERS = (
-    ('data and models', ('tff_med.data', 'tff_med.models', 'tff_med.evaluation')),
+    ('data and models', ('tff_med.data', 'tff_med.models', 'tff_med.evaluation',
+                         'tff_med.serving')),
     ('TFF building blocks', ('tff_med.algorithms', 'tff_med.privacy', 'tff_med.secure_agg',
                              'tff_med.outputs', 'tff_med.runtime', 'tff_med.config')),
     ('mechanisms', ('tff_med.mechanisms',)),

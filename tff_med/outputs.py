@@ -2,8 +2,11 @@
 
     tensorboard/       event files (tff.program.TensorBoardReleaseManager)
     metrics.csv        the same scalars, one row per round (tff.program.CSVFileReleaseManager)
-    saved_model/       the final global model, Keras SavedModel: logits [B, 1]
-                       (`local`: saved_model/HOSPITAL/ per hospital)
+    saved_model/       the final global model (`tff_med.serving`): a Keras SavedModel,
+                       model inputs -> logits [B, 1], whose serving signature takes
+                       raw columns, with feature_schema.json; saved_model/HOSPITAL/
+                       per hospital where preprocessing is per hospital or each
+                       hospital has its own model (`local`)
     summary.json       configuration and final results
 """
 
@@ -14,6 +17,9 @@ import os
 
 import tensorflow as tf
 import tensorflow_federated as tff
+
+from tff_med import serving
+from tff_med.data.federated_data import FederatedData
 
 
 def json_safe(value):
@@ -42,14 +48,15 @@ TENSORBOARD_DIR = 'tensorboard'  # Under a run's output folder.
 
 
 class RunOutputs:
-  """Writes one run's metrics, model and summary under `output_dir`."""
+  """Writes one run's metrics, models and summary under `output_dir`; models are
+  exported with `data`'s feature schemas."""
 
-  def __init__(self, output_dir: str):
+  def __init__(self, output_dir: str, data: FederatedData):
     os.makedirs(output_dir, exist_ok=True)
     self.output_dir = output_dir
+    self._data = data
     self.tensorboard_dir = os.path.join(output_dir, TENSORBOARD_DIR)
     self.csv_path = os.path.join(output_dir, 'metrics.csv')
-    self.model_dir = os.path.join(output_dir, 'saved_model')
     self.summary_path = os.path.join(output_dir, 'summary.json')
     self._release_manager = tff.program.GroupingReleaseManager([
         tff.program.TensorBoardReleaseManager(self.tensorboard_dir),
@@ -61,11 +68,33 @@ class RunOutputs:
     """Releases nested scalar `metrics` (names joined by '/') for `round_num`."""
     asyncio.run(self._release_manager.release(metrics, key=round_num))
 
+  @property
+  def shared_schema(self) -> bool:
+    """Whether every hospital's model inputs come from its raw columns alike."""
+    schemas = list(self._data.schemas.values())
+    return all(s == schemas[0] for s in schemas)
+
   def save_model(self, model: tf.keras.Model, hospital: str | None = None,
                  folder: str = 'saved_model') -> None:
-    """Saves to FOLDER/ (or FOLDER/HOSPITAL/ for one of several models)."""
+    """Exports `model` to FOLDER/ with the shared schema, or to FOLDER/HOSPITAL/ with
+    `hospital`'s schema (`serving.export`)."""
+    if hospital is None and not self.shared_schema:
+      raise ValueError('preprocessing is per hospital: export a model per hospital')
+    schema = self._data.schemas[hospital or self._data.hospitals[0]]
     path = os.path.join(self.output_dir, folder)
-    model.save(os.path.join(path, hospital) if hospital else path, save_format='tf')
+    serving.export(model, schema, os.path.join(path, hospital) if hospital else path,
+                   self._data.preprocessing)
+
+  def save_models(self, models: dict[str, tf.keras.Model]) -> None:
+    """Exports a plan's models: {'global': model} to saved_model/ (or, where
+    preprocessing is per hospital, to saved_model/HOSPITAL/ for every
+    hospital); per-hospital models to saved_model/HOSPITAL/."""
+    if set(models) == {'global'}:
+      for hospital in [None] if self.shared_schema else self._data.hospitals:
+        self.save_model(models['global'], hospital)
+    else:
+      for hospital, model in models.items():
+        self.save_model(model, hospital)
 
   def write_summary(self, summary: dict) -> None:
     write_json(self.summary_path, summary)

@@ -170,7 +170,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
                                  'data': data_fingerprint(data),
                                  'plan': _plan_chain(plan)}, resume, overwrite)
            if output_dir else None)
-  outputs = RunOutputs(output_dir) if output_dir else None
+  outputs = RunOutputs(output_dir, data) if output_dir else None
   loop, rng = _Loop(), np.random.default_rng(config.seed)
   with runtime.execution_context(
       secure_sums=plan.secure_sums,
@@ -208,9 +208,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     if last_round != loop.round_num:  # The last round ran no evaluation (or none ran).
       evaluation = plan.evaluate(state)
     if outputs and finished:  # An unfinished folder holds no model.
-      models = plan.models(state)
-      for name, model in models.items():
-        outputs.save_model(model, None if len(models) == 1 else name)
+      outputs.save_models(plan.models(state))
     if saved:
       saved.audit({'event': status, 'session': loop.sessions, 'after_round': loop.round_num})
   summary = _summary(plan, config, data, evaluation, loop, status, extra_summary)

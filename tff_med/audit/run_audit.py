@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_med import data as data_lib
+from tff_med import serving
 from tff_med import training
 from tff_med.algorithms import AlgorithmConfig
 from tff_med.audit.epsilon_bound import check_parameters
@@ -59,7 +60,7 @@ def _local_only_model(summary: dict, data, keras_model_fn, hospital: str,
       rounds=config['rounds'], local_epochs=config['local_epochs'],
       batch_size=config['batch_size'], seed=config['seed']),
                output_dir=work_dir, log=lambda line: None)
-  return tf.keras.models.load_model(os.path.join(work_dir, 'saved_model'))
+  return tf.keras.models.load_model(serving.keras_model_path(os.path.join(work_dir, 'saved_model')))
 
 
 def headline(result: dict) -> dict:
@@ -87,7 +88,7 @@ def audit_run(run_dir: str, data_dir: str | None = None, local_hospital: str | N
   if summary['algorithm'] == 'local':
     raise ValueError(f'--run_dir={run_dir} holds local-only models, not a global model: '
                      'audit a federated or pooled run')
-  model = tf.keras.models.load_model(os.path.join(run_dir, 'saved_model'))
+  model = tf.keras.models.load_model(serving.keras_model_path(os.path.join(run_dir, 'saved_model')))
   log(f'auditing {run_dir}: {summary["algorithm"]} on {data.name}')
   if delta is None:
     delta = (summary.get('privacy') or {}).get('delta') or data_delta(data)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from sklearn import datasets
 
 from tff_med.data import preprocess
+from tff_med.data import schema
 from tff_med.data.errors import DataError
 from tff_med.data.federated_data import FederatedData
 from tff_med.data.partition import simulate_hospitals
@@ -73,7 +74,7 @@ def load(num_hospitals: int = 3, partition: str = 'profiles', seed: int = 0,
                     f'features are: {", ".join(names)}')
   train, test = preprocess.split_train_test('the breast_cancer pool', data.data,
                                             1 - data.target, test_fraction, seed)
-  pool_train, pool_test = preprocess.scale_hospitals(
+  pool_train, pool_test, transforms = preprocess.scale_hospitals(
       {'pool': train}, {'pool': test}, scaling,
       {names.index(f): r for f, r in PUBLISHED_RANGES.items()})
   _, train, test, description = simulate_hospitals(
@@ -86,4 +87,8 @@ def load(num_hospitals: int = 3, partition: str = 'profiles', seed: int = 0,
   return FederatedData.from_arrays(
       'breast_cancer', train, test, feature_names=names,
       description=f'Wisconsin breast cancer: {description}',
-      preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source))
+      preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source),
+      schemas=schema.table_schemas(
+          [schema.Feature(n, n) for n in names], dict.fromkeys(train, transforms['pool']),
+          source, data_dependent=scaling == 'zscore', per_hospital=False,
+          label='diagnosis', positive_label='malignant'))

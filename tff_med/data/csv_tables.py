@@ -51,6 +51,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tff_med.data import preprocess
+from tff_med.data import schema
 from tff_med.data.errors import DataError
 from tff_med.data.federated_data import FederatedData
 
@@ -66,7 +67,7 @@ _log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class _Table:
+class Table:
   """One file as read: header and (line number, fields) per data row."""
   hospital: str
   path: str
@@ -139,7 +140,7 @@ def load(csv_files: Sequence[str], label_column: str,
     if hospital in tables:
       raise DataError(f'files {tables[hospital].path} and {path} both give hospital name '
                       f'{hospital!r} (the file stem); rename one')
-    tables[hospital] = _read(hospital, path, encoding)
+    tables[hospital] = read_table(hospital, path, encoding)
   roles = _check_columns(list(tables.values()), label_column, categorical_columns,
                          feature_columns, drop_columns, id_columns)
   _check_text(list(tables.values()), label_column, positive_label, roles.numeric)
@@ -152,7 +153,7 @@ def load(csv_files: Sequence[str], label_column: str,
   if roles.unused:
     notes.append(f'columns not in data.feature_columns, not used: {", ".join(roles.unused)}')
   used = [label_column] + roles.numeric + roles.categorical
-  dropped = _handle_missing(tables, used, missing)
+  dropped = check_missing(tables, used, missing)
   if dropped is not None:
     notes.append('rows dropped for missing values (data.missing=drop_rows): '
                  + ', '.join(f'{h} {n}' for h, n in dropped.items()))
@@ -176,8 +177,8 @@ def load(csv_files: Sequence[str], label_column: str,
                  'means over hospitals): '
                  + ', '.join(f'{h} (all {c}, {len(test[h][1])} records)'
                              for h, c in one_class.items()))
-  train, test = preprocess.scale_hospitals(train, test, scaling, ranges,
-                                           zscore_columns=range(len(roles.numeric)))
+  train, test, transforms = preprocess.scale_hospitals(
+      train, test, scaling, ranges, zscore_columns=range(len(roles.numeric)))
   feature_names = roles.numeric + [f'{c}={level}' for c in roles.categorical
                                    for level in levels[c]]
   source = ("numeric columns: each hospital's own training mean/std" if scaling == 'zscore'
@@ -188,16 +189,23 @@ def load(csv_files: Sequence[str], label_column: str,
     _log.warning('CSV data: %s', note)
   label = (f'label {label_column!r}' if positive_label is None
            else f'label {label_column!r} = {positive_label!r}')
+  data_dependent = scaling == 'zscore' or bool(roles.categorical)
+  schemas = schema.table_schemas(
+      [schema.Feature(c, c) for c in roles.numeric]
+      + [schema.Feature(f'{c}={level}', c, level) for c in roles.categorical
+         for level in levels[c]],
+      transforms, source, data_dependent, per_hospital=scaling == 'zscore',
+      levels={c: tuple(levels[c]) for c in roles.categorical}, label=label_column,
+      positive_label=positive_label, id_columns=tuple(roles.ids))
   return FederatedData.from_arrays(
-      'csv', train, test, feature_names=feature_names,
+      'csv', train, test, feature_names=feature_names, schemas=schemas,
       description='; '.join(
           [f'{len(tables)} hospitals from CSV files, {label}, stratified '
            f'{1 - test_fraction:.0%}/{test_fraction:.0%} split, seed {seed}'] + notes),
-      preprocessing=preprocess.preprocessing(
-          scaling, scaling == 'zscore' or bool(roles.categorical), source))
+      preprocessing=preprocess.preprocessing(scaling, data_dependent, source))
 
 
-def _read(hospital: str, path: str, encoding: str) -> _Table:
+def read_table(hospital: str, path: str, encoding: str) -> Table:
   """Reads header and rows, checking each row's field count; one-line DataErrors."""
   where = preprocess.location(hospital, path)
   if not os.path.exists(path):
@@ -247,7 +255,7 @@ def _read(hospital: str, path: str, encoding: str) -> _Table:
     raise DataError(f'{where}, line {reader.line_num}: not readable as CSV ({e})') from None
   if not rows:
     raise DataError(f'{where}: no data rows after the header')
-  return _Table(hospital, path, header, rows, delimiter)
+  return Table(hospital, path, header, rows, delimiter)
 
 
 def _sniff(text: str, where: str) -> str:
@@ -279,7 +287,7 @@ def _line(line: int, data_row: int) -> str:
   return f'{line} (data row {data_row})'
 
 
-def _check_columns(tables: list[_Table], label_column: str,
+def _check_columns(tables: list[Table], label_column: str,
                    categorical_columns: Sequence[str], feature_columns: Sequence[str],
                    drop_columns: Sequence[str], id_columns: Sequence[str]) -> _Roles:
   """Checks the named columns and that all files share columns; the column roles."""
@@ -338,7 +346,7 @@ def _check_columns(tables: list[_Table], label_column: str,
   return _Roles(numeric, list(categorical_columns), ids, guessed and bool(ids), unused)
 
 
-def _looks_like_id(column: str, tables: list[_Table]) -> bool:
+def _looks_like_id(column: str, tables: list[Table]) -> bool:
   """Named like an identifier and unique within every file."""
   if not ID_NAME.fullmatch(column):
     return False
@@ -349,7 +357,7 @@ def _looks_like_id(column: str, tables: list[_Table]) -> bool:
   return True
 
 
-def _check_text(tables: list[_Table], label_column: str, positive_label: str | None,
+def _check_text(tables: list[Table], label_column: str, positive_label: str | None,
                 numeric: list[str]) -> None:
   """One DataError for a text label without positive_label and for every text column."""
   problems = []
@@ -359,7 +367,7 @@ def _check_text(tables: list[_Table], label_column: str, positive_label: str | N
     raise DataError(f'data.positive_label={positive_label}: not a value of label column '
                     f'{label_column!r}; values seen: {_values(labels)}')
   text_labels = [(where, text) for t in tables for where, text in t.cells(label_column)
-                 if text not in MISSING_MARKERS and _number(text, t.delimiter) is None]
+                 if text not in MISSING_MARKERS and number(text, t.delimiter) is None]
   if positive_label is None and text_labels:
     where, text = text_labels[0]
     problems.append(f'label column {label_column!r} holds text (e.g. {text!r} at {where}), '
@@ -369,7 +377,7 @@ def _check_text(tables: list[_Table], label_column: str, positive_label: str | N
   for column in numeric:
     cells = [(where, text, t.delimiter) for t in tables for where, text in t.cells(column)
              if text not in MISSING_MARKERS]
-    if cells and all(_number(text, d) is None for _, text, d in cells):
+    if cells and all(number(text, d) is None for _, text, d in cells):
       text_columns.append((column, cells[0]))
   if text_columns:
     names = ','.join(c for c, _ in text_columns)
@@ -387,7 +395,7 @@ def _values(values: list[str], limit: int = 10) -> str:
   return shown + (f' and {len(values) - limit} more' if len(values) > limit else '')
 
 
-def _number(text: str, delimiter: str) -> float | None:
+def number(text: str, delimiter: str) -> float | None:
   """`text` as a float (a decimal comma in ';'-separated files), else None."""
   if delimiter == ';' and re.fullmatch(r'[-+]?\d*,\d+', text):
     text = text.replace(',', '.')
@@ -397,8 +405,15 @@ def _number(text: str, delimiter: str) -> float | None:
     return None
 
 
-def _handle_missing(tables: dict[str, _Table], used: list[str],
-                    missing: str) -> dict[str, int] | None:
+def parse_number(text: str, delimiter: str, where: str) -> float:
+  """`text` as a finite float (see `number`); DataError prefixed by `where` otherwise."""
+  value = number(text, delimiter)
+  return (value if value is not None and math.isfinite(value)
+          else preprocess.parse_finite(text, where))
+
+
+def check_missing(tables: dict[str, Table], used: list[str],
+                  missing: str) -> dict[str, int] | None:
   """Raises on missing cells of `used` columns ('error'), or drops their rows in place
   ('drop_rows') and returns hospital -> rows dropped."""
   cells, dropped = [], {}
@@ -461,7 +476,7 @@ def _column_ranges(feature_ranges: Sequence[tuple[str, float, float]],
   return ranges
 
 
-def _parse(table: _Table, label_column: str, positive_label: str | None, numeric: list[str],
+def _parse(table: Table, label_column: str, positive_label: str | None, numeric: list[str],
            categorical_columns: Sequence[str]
            ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
   """(labels int64 [N], numeric float64 [N, len(numeric)], categorical column -> values)."""
@@ -483,10 +498,7 @@ def _parse(table: _Table, label_column: str, positive_label: str | None, numeric
       labels.append(int(label))
     row = []
     for column in numeric:
-      text = fields[index[column]].strip()
-      number = _number(text, table.delimiter)
-      row.append(number if number is not None and math.isfinite(number)
-                 else preprocess.parse_finite(text, where(column)))
+      row.append(parse_number(fields[index[column]].strip(), table.delimiter, where(column)))
     values.append(row)
     for c in categorical_columns:
       categories[c].append(fields[index[c]].strip())

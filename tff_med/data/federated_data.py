@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med.data import schema as schema_lib
 from tff_med.data.errors import DataError
 
 Arrays = tuple[np.ndarray, np.ndarray]  # (x [N, *feature_shape] float32, y [N] int64 in {0, 1})
@@ -66,6 +67,9 @@ class FederatedData:
     random_split: whether each hospital's training and test records were drawn
       at random from one pool (False for MedMNIST's official train/test sets),
       which a membership audit's statistical bound needs.
+    schemas: hospital name -> the `schema.FeatureSchema` that turns its raw
+      columns into the model's input (equal for every hospital unless
+      preprocessing is per hospital).
   """
   name: str
   hospitals: tuple[str, ...]
@@ -77,13 +81,19 @@ class FederatedData:
   preprocessing: Mapping[str, str | bool] = dataclasses.field(
       default_factory=lambda: dict(AS_GIVEN))
   random_split: bool = True
+  schemas: Mapping[str, schema_lib.FeatureSchema] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_arrays(cls, name: str, train: Mapping[str, Arrays], test: Mapping[str, Arrays],
                   feature_names: Sequence[str] | None = None, description: str = '',
                   preprocessing: Mapping[str, str | bool] | None = None,
-                  random_split: bool = True) -> 'FederatedData':
+                  random_split: bool = True,
+                  schemas: Mapping[str, schema_lib.FeatureSchema] | None = None
+                  ) -> 'FederatedData':
     """Validates per-hospital arrays and builds the ClientData.
+
+    `schemas`: hospital -> FeatureSchema; None: the features as given
+    (`schema.identity_schema`).
 
     Raises:
       DataError: naming the hospital, for an empty split, NaN/inf features,
@@ -109,13 +119,23 @@ class FederatedData:
               x=x, y=y.astype(np.float32).reshape(-1, 1))
         else:
           test_arrays[hospital] = (x, y.astype(np.int64))
+    for hospital, schema in (schemas or {}).items():
+      if schema.image_shape is None and len(schema.features) != np.prod(feature_shape):
+        raise DataError(f'hospital {hospital!r}: schema has {len(schema.features)} features, '
+                        f'the arrays {feature_shape}')
+    if schemas and set(schemas) != set(hospitals):
+      raise DataError(f'schemas for hospitals {sorted(schemas)}, data for {sorted(hospitals)}')
     return cls(name=name, hospitals=hospitals,
                train=tff.simulation.datasets.TestClientData(slices),
                test=test_arrays,
                train_sizes={h: len(slices[h]['y']) for h in hospitals},
                feature_names=tuple(feature_names) if feature_names else None,
                description=description, preprocessing=dict(preprocessing or AS_GIVEN),
-               random_split=random_split)
+               random_split=random_split,
+               schemas=dict(schemas) if schemas else {
+                   h: schema_lib.identity_schema(feature_shape, feature_names,
+                                                 (preprocessing or AS_GIVEN)['source'])
+                   for h in hospitals})
 
   @classmethod
   def from_client_data(cls, name: str, train: tff.simulation.datasets.ClientData,

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from tff_med.data import preprocess
+from tff_med.data import schema
 from tff_med.data.errors import DataError
 from tff_med.data.federated_data import FederatedData
 
@@ -67,16 +68,23 @@ def load(data_dir: str, seed: int = 0, scaling: str = 'zscore') -> FederatedData
     x, y = read_hospital(hospital, os.path.join(folder, f'processed.{hospital}.data'))
     train[hospital], test[hospital] = preprocess.split_train_test(
         f'hospital {hospital!r}', x, y, TEST_FRACTION, seed)
-  train, test = preprocess.scale_hospitals(
+  train, test, transforms = preprocess.scale_hospitals(
       train, test, scaling, {FEATURE_NAMES.index(c): r for c, r in PUBLIC_RANGES.items()})
   source = ("each hospital's own training mean/std, all 13 features" if scaling == 'zscore'
             else 'clinical plausibility ranges declared in heart_disease.PUBLIC_RANGES for '
                  f'{", ".join(PUBLIC_RANGES)}; 0/1 and one-hot columns unchanged')
+  features = [schema.Feature(c, c) for c in NUMERIC] + [
+      schema.Feature(f'{c}_{level}', c, float(level))
+      for c, levels in ONE_HOT_LEVELS.items() for level in levels[1:]]
   return FederatedData.from_arrays(
       'heart_disease', train, test, feature_names=FEATURE_NAMES,
       description=('UCI Heart Disease, 4 real hospitals, FLamby preprocessing '
                    f'(stratified 66/34 split, seed {seed})'),
-      preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source))
+      preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source),
+      schemas=schema.table_schemas(
+          features, transforms, source, data_dependent=scaling == 'zscore',
+          per_hospital=scaling == 'zscore', label='num', positive_label='num > 0',
+          levels={c: tuple(float(v) for v in levels) for c, levels in ONE_HOT_LEVELS.items()}))
 
 
 def read_hospital(hospital: str, path: str) -> tuple[np.ndarray, np.ndarray]:

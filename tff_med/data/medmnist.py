@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 
 from tff_med.data import preprocess
+from tff_med.data import schema
 from tff_med.data.errors import DataError
 from tff_med.data.federated_data import FederatedData
 from tff_med.data.partition import simulate_hospitals
@@ -26,6 +27,7 @@ IMAGE_SHAPE = (28, 28)
 # declared (about one std of an ultrasound or X-ray image), not measured.
 BRIGHTNESS_SHIFT_UNIT = 0.25
 FLIPPED_LABELS = ('breastmnist',)  # files whose label 0 is the disease
+_SOURCE = 'the fixed 8-bit pixel range 0..255, no statistics of the records'
 
 
 def load(data_dir: str, name: str, num_hospitals: int = 3, partition: str = 'profiles',
@@ -49,9 +51,11 @@ def load(data_dir: str, name: str, num_hospitals: int = 3, partition: str = 'pro
       profile_features=None, shift_unit=BRIGHTNESS_SHIFT_UNIT)
   return FederatedData.from_arrays(
       name, train, test, description=f'{name} (official train/test): {description}',
-      preprocessing=preprocess.preprocessing(
-          'pixels/255', False, 'the fixed 8-bit pixel range 0..255, no statistics of the records'),
-      random_split=False)
+      preprocessing=preprocess.preprocessing('pixels/255', False, _SOURCE),
+      random_split=False,
+      schemas=dict.fromkeys(train, schema.FeatureSchema(
+          (schema.Feature('image', 'image', scale=255.0),), statistics=_SOURCE,
+          label='label', image_shape=(*IMAGE_SHAPE, 1))))
 
 
 def read_npz(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

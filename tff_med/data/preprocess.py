@@ -82,28 +82,6 @@ def split_train_test(what: str, x: np.ndarray, y: np.ndarray, test_fraction: flo
   return (x[train], y[train]), (x[test], y[test])
 
 
-def standardize_hospitals(train: Mapping[str, Arrays], test: Mapping[str, Arrays],
-                          columns: Sequence[int] | None = None
-                          ) -> tuple[dict[str, Arrays], dict[str, Arrays]]:
-  """Z-scores each hospital's `columns` (all when None) with its own training mean/std.
-
-  A column with zero training std is only centred (never divided by 0).
-  Returns new (train, test) dicts hospital -> (x float64 [N, F], y [N]).
-  """
-  train_out, test_out = {}, {}
-  for hospital, (x_train, y_train) in train.items():
-    x_test, y_test = test[hospital]
-    cols = slice(None) if columns is None else list(columns)
-    mean = x_train[:, cols].mean(axis=0)
-    std = x_train[:, cols].std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
-    x_train[:, cols] = (x_train[:, cols] - mean) / std
-    x_test[:, cols] = (x_test[:, cols] - mean) / std
-    train_out[hospital], test_out[hospital] = (x_train, y_train), (x_test, y_test)
-  return train_out, test_out
-
-
 def check_scaling(scaling: str) -> None:
   """DataError naming the field `data.scaling` unless it is one of SCALINGS."""
   if scaling not in SCALINGS:
@@ -111,30 +89,48 @@ def check_scaling(scaling: str) -> None:
                     f'{", ".join(SCALINGS)}')
 
 
-def scale_to_ranges(x: np.ndarray, ranges: Mapping[int, Range]) -> np.ndarray:
-  """`x` [N, F] with each column index in `ranges` clipped to [low, high], mapped to [-1, 1].
+def fit_transform(x_train: np.ndarray, scaling: str, ranges: Mapping[int, Range],
+                  zscore_columns: Sequence[int] | None = None) -> np.ndarray:
+  """The per-column transform [F, 4] (low, high, offset, scale) of features `x_train` [N, F].
 
-  Other columns are unchanged. Returns a new float64 array.
+  A column maps to (clip(value, low, high) - offset) / scale (`apply_transform`).
+  'zscore': `zscore_columns` (all when None) get (-inf, inf, training mean,
+  training std), a zero std counting as 1 (only centred); 'public_ranges': the
+  columns in `ranges` (index -> (low, high)) get (low, high, midpoint, half
+  width), mapping [low, high] to [-1, 1]. Other columns: (-inf, inf, 0, 1).
   """
-  x = x.astype(np.float64)
-  for column, (low, high) in ranges.items():
-    x[:, column] = 2 * (np.clip(x[:, column], low, high) - low) / (high - low) - 1
-  return x
+  check_scaling(scaling)
+  transform = np.tile([-np.inf, np.inf, 0.0, 1.0], (x_train.shape[1], 1))
+  if scaling == 'zscore':
+    cols = list(range(x_train.shape[1]) if zscore_columns is None else zscore_columns)
+    std = x_train[:, cols].std(axis=0)
+    transform[cols, 2] = x_train[:, cols].mean(axis=0)
+    transform[cols, 3] = np.where(std > 0, std, 1.0)
+  else:
+    for column, (low, high) in ranges.items():
+      transform[column] = (low, high, (low + high) / 2, (high - low) / 2)
+  return transform
+
+
+def apply_transform(x: np.ndarray, transform: np.ndarray) -> np.ndarray:
+  """`x` [N, F] mapped column-wise by `transform` [F, 4] (see `fit_transform`); float64."""
+  low, high, offset, scale = transform.T
+  return (np.clip(x.astype(np.float64), low, high) - offset) / scale
 
 
 def scale_hospitals(train: Mapping[str, Arrays], test: Mapping[str, Arrays], scaling: str,
                     ranges: Mapping[int, Range], zscore_columns: Sequence[int] | None = None
-                    ) -> tuple[dict[str, Arrays], dict[str, Arrays]]:
-  """Each hospital's (train, test) scaled by `scaling` (one of SCALINGS).
+                    ) -> tuple[dict[str, Arrays], dict[str, Arrays], dict[str, np.ndarray]]:
+  """Each hospital's (train, test) scaled by `scaling` (one of SCALINGS), with the
+  transform fitted on its own training features (`fit_transform`).
 
-  'zscore': `standardize_hospitals` over `zscore_columns` (all when None);
-  'public_ranges': `scale_to_ranges` with `ranges` (column index -> (low, high)).
+  Returns (train, test, hospital -> transform [F, 4]).
   """
-  check_scaling(scaling)
-  if scaling == 'zscore':
-    return standardize_hospitals(train, test, zscore_columns)
-  return tuple({h: (scale_to_ranges(x, ranges), y) for h, (x, y) in split.items()}
-               for split in (train, test))
+  transforms = {h: fit_transform(x, scaling, ranges, zscore_columns)
+                for h, (x, _) in train.items()}
+  scaled = tuple({h: (apply_transform(x, transforms[h]), y) for h, (x, y) in split.items()}
+                 for split in (train, test))
+  return (*scaled, transforms)
 
 
 def preprocessing(scaling: str, data_dependent: bool, source: str) -> dict[str, str | bool]:
