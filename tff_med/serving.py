@@ -60,7 +60,7 @@ def _serving_function(model: tf.keras.Model, schema: FeatureSchema):
   @tf.function
   def serve(**inputs):
     columns = {keys[k]: v for k, v in inputs.items()}
-    checks = [tf.debugging.assert_all_finite(v, f'column {c!r}: NaN or infinite value')
+    checks = [tf.debugging.assert_all_finite(v, f'column {c}: NaN or infinite value')
               for c, v in columns.items() if v.dtype.is_floating]
     for column, levels in schema.levels.items():
       known = tf.reduce_any(tf.equal(columns[column][:, None],
@@ -68,7 +68,7 @@ def _serving_function(model: tf.keras.Model, schema: FeatureSchema):
                             axis=1)
       checks.append(tf.debugging.assert_equal(
           tf.reduce_all(known), True,
-          message=f'column {column!r}: a value outside its levels {list(levels)}'))
+          message=f'column {column}: a value outside its levels {list(levels)}'))
     with tf.control_dependencies(checks):
       x = _encode(schema, columns)
     logits = model(tf.cast(x, tf.float32), training=False)[:, 0]
