@@ -31,6 +31,12 @@ demo: setup
 	$(PY) -m experiments.train --dataset=breast_cancer --num_hospitals=3 \
 	  --partition=profiles --dp=record --target_epsilon=1 --batch_size=64 --client_lr=0.5 \
 	  --output_dir=runs/demo/dp_record_epsilon1
+	$(PY) -m experiments.make_messy_csvs --output_dir=runs/demo/messy
+	$(PY) -m experiments.train --dataset=csv --output_dir=runs/demo/messy_fedavg \
+	  --csv_files=runs/demo/messy/st_marys.csv,runs/demo/messy/riverside.csv,runs/demo/messy/hillcrest.csv \
+	  --label_column=progression --positive_label=Yes --categorical_columns=sex --missing=drop_rows
+	$(PY) -m experiments.predict --model_dir=runs/demo/messy_fedavg/saved_model/st_marys \
+	  --csv=runs/demo/messy/new_patients.csv --output=runs/demo/messy_scores.csv
 
 test: setup
 	$(PY) -m pytest -q --durations=15 tests
