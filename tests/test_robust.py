@@ -1,0 +1,104 @@
+"""Robust aggregators against numpy references, and the simulated bad hospital's
+update against the honest one."""
+
+import functools
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from tff_med import data as data_lib
+from tff_med import runtime
+from tff_med.algorithms import AlgorithmConfig
+from tff_med.config import TrainConfig
+from tff_med.mechanisms import attacks
+from tff_med.mechanisms.learning import plain_aggregation
+from tff_med.mechanisms.robust import CoordinateMedianFactory, TrimmedMeanFactory
+from tff_med.mechanisms.round_plan import Round
+from tff_med.mechanisms.task import Task
+from tff_med.models import ModelConfig, build_keras_model
+
+_VALUE_TYPE = tff.types.to_type([(np.float32, (3,)), (np.float32, (2, 2))])
+
+
+@pytest.mark.parametrize('factory,reference', [
+    (CoordinateMedianFactory(), lambda a: np.median(a, axis=0)),
+    (TrimmedMeanFactory(1), lambda a: np.sort(a, axis=0)[1:-1].mean(axis=0)),
+    (TrimmedMeanFactory(2), lambda a: np.sort(a, axis=0)[2:-2].mean(axis=0)),
+])
+def test_order_statistics_equal_numpy_on_random_updates(factory, reference):
+  rng = np.random.default_rng(0)
+  process = factory.create(_VALUE_TYPE)
+  with runtime.execution_context(secure_sums=False):
+    for clients in (5, 6, 9):
+      values = [[rng.normal(size=3).astype(np.float32),
+                 rng.standard_cauchy(size=(2, 2)).astype(np.float32)] for _ in range(clients)]
+      result = process.next(process.initialize(), values).result
+      for part in range(2):
+        np.testing.assert_allclose(result[part],
+                                   reference(np.stack([v[part] for v in values])), rtol=1e-6)
+
+
+def test_trimmed_mean_refuses_a_cohort_it_would_empty():
+  process = TrimmedMeanFactory(1).create(_VALUE_TYPE)
+  values = [[np.zeros(3, np.float32), np.zeros((2, 2), np.float32)]] * 2
+  with runtime.execution_context(secure_sums=False):
+    with pytest.raises(Exception, match='needs more than 2 hospitals'):
+      process.next(process.initialize(), values)
+  with pytest.raises(ValueError, match='trim=0'):
+    TrimmedMeanFactory(0)
+
+
+@pytest.fixture(scope='module')
+def task():
+  data = data_lib.load(data_lib.DataConfig('breast_cancer'))
+  keras_model_fn = functools.partial(build_keras_model, ModelConfig('logreg'),
+                                     data.feature_shape, 0)
+  return Task(data, keras_model_fn,
+              TrainConfig(AlgorithmConfig('fedavg', client_lr=0.05), rounds=3, batch_size=16))
+
+
+def _steps(task, attack: str, scale: float = 10.0) -> list[np.ndarray]:
+  """The global model's step in each of 3 rounds in which only the attacker
+  (the first hospital) reports; FedAvg with server step 1 applies its update."""
+  hospital = task.data.hospitals[0]
+  build = (plain_aggregation if attack == 'none' else
+           attacks.attacked(plain_aggregation, attacks.AttackConfig(attack, hospital, scale)))
+  plan = build(task)
+  steps = []
+  with runtime.execution_context(secure_sums=False):
+    state = plan.initialize()
+    before = np.concatenate([np.ravel(w) for w in plan.get_model_weights(state).trainable])
+    for round_num in (1, 2, 3):
+      state = plan.run_round(state, Round(round_num, (hospital,), (hospital,))).state
+      after = np.concatenate([np.ravel(w) for w in plan.get_model_weights(state).trainable])
+      steps.append(after - before)
+      before = after
+  return steps
+
+
+def test_attacks_change_the_attackers_update_as_documented(task):
+  honest = _steps(task, 'none')
+  np.testing.assert_allclose(_steps(task, 'scaled_update', 10.0)[0], 10.0 * honest[0],
+                             rtol=1e-4)
+  stale = _steps(task, 'stale')
+  np.testing.assert_allclose(stale[0], honest[0], rtol=1e-5)
+  np.testing.assert_allclose(stale[1], stale[0], rtol=1e-5)  # Resent, not retrained.
+  np.testing.assert_allclose(stale[2], stale[0], rtol=1e-5)
+  random = _steps(task, 'random_update', 10.0)[0]
+  rms = np.sqrt(np.mean(honest[0] ** 2))
+  assert 3 * rms < np.sqrt(np.mean(random ** 2)) < 30 * rms
+  assert abs(np.corrcoef(random, honest[0])[0, 1]) < 0.5
+  flipped = _steps(task, 'label_flip')[0]
+  assert np.dot(flipped, honest[0]) < 0  # Flipped labels pull the other way.
+
+
+@pytest.mark.parametrize('config,message', [
+    (attacks.AttackConfig('scaled_update', None), 'attack.attacker=None: name one of'),
+    (attacks.AttackConfig('none', 'north'), 'attack.attacker=north is set but'),
+    (attacks.AttackConfig('poison', 'a'), "attack.name='poison'"),
+    (attacks.AttackConfig('scaled_update', 'a', 0.0), 'attack.scale=0.0'),
+])
+def test_attack_config_names_the_field(config, message):
+  with pytest.raises(ValueError, match=message):
+    config.validate(('a', 'b'))

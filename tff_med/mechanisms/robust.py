@@ -1,0 +1,97 @@
+"""Robust aggregation of the hospitals' updates: coordinate-wise median and
+trimmed mean as `tff.aggregators` factories.
+
+TFF ships norm-bounding (`tff.aggregators.clipping_factory`) and zeroing
+(`tff.aggregators.zeroing_factory`) but no order statistic across clients, so
+these two are written here. Both gather the cohort's values at the server with
+`tff.federated_aggregate` over an accumulator with a dynamic first dimension
+(one row per client) and reduce each coordinate on the server:
+
+  median:        the middle value (mean of the two middle ones for an even
+                 count) of each coordinate over the cohort;
+  trimmed mean:  each coordinate's values sorted, the `trim` smallest and
+                 `trim` largest dropped, the rest averaged.
+
+They ignore client weights (one hospital, one vote): a weight is reported by
+the hospital and so is as attackable as its update. Only a server that sees
+every hospital's update can compute them: they cannot run over masked or
+quantised secure sums.
+"""
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+
+class _OrderStatisticFactory(tff.aggregators.UnweightedAggregationFactory):
+  """Gathers the clients' float values at the server and reduces each tensor
+  [C, *shape] (C = clients) to [*shape] with `_reduce`."""
+
+  def _reduce(self, stacked: tf.Tensor) -> tf.Tensor:
+    raise NotImplementedError
+
+  def create(self, value_type) -> tff.templates.AggregationProcess:
+    specs = tff.types.type_to_tf_tensor_specs(value_type)
+    for spec in tf.nest.flatten(specs):
+      if not spec.dtype.is_floating:
+        raise TypeError(f'{type(self).__name__} aggregates float tensors, not {spec.dtype}')
+    stacked_specs = tf.nest.map_structure(
+        lambda s: tf.TensorSpec([None, *s.shape], s.dtype), specs)
+
+    @tff.tensorflow.computation
+    def zero():
+      return tf.nest.map_structure(
+          lambda s: tf.compat.v1.placeholder_with_default(
+              tf.zeros([0, *s.shape[1:]], s.dtype), s.shape), stacked_specs)
+
+    @tff.tensorflow.computation(stacked_specs, value_type)
+    def accumulate(rows, value):
+      return tf.nest.map_structure(lambda r, v: tf.concat([r, v[tf.newaxis]], 0), rows, value)
+
+    @tff.tensorflow.computation(stacked_specs, stacked_specs)
+    def merge(a, b):
+      return tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), a, b)
+
+    @tff.tensorflow.computation(stacked_specs)
+    def report(rows):
+      return tf.nest.map_structure(self._reduce, rows)
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      result = tff.federated_aggregate(value, zero(), accumulate, merge, report)
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=result, measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+class CoordinateMedianFactory(_OrderStatisticFactory):
+  """Coordinate-wise median over the cohort."""
+
+  def _reduce(self, stacked: tf.Tensor) -> tf.Tensor:
+    ordered = tf.sort(stacked, axis=0)
+    count = tf.shape(ordered)[0]
+    return (ordered[(count - 1) // 2] + ordered[count // 2]) / 2
+
+
+class TrimmedMeanFactory(_OrderStatisticFactory):
+  """Coordinate-wise mean after dropping the `trim` smallest and `trim` largest
+  values; a cohort of at most 2 x trim clients fails the round (InvalidArgument)."""
+
+  def __init__(self, trim: int = 1):
+    if not isinstance(trim, int) or trim < 1:
+      raise ValueError(f'robust trimmed mean: trim={trim!r} must be an integer >= 1')
+    self.trim = trim
+
+  def _reduce(self, stacked: tf.Tensor) -> tf.Tensor:
+    count = tf.shape(stacked)[0]
+    check = tf.debugging.assert_greater(count, 2 * self.trim, message=(
+        f'trimmed mean drops {self.trim} update(s) at each end: it needs more than '
+        f'{2 * self.trim} hospitals in the round'))
+    with tf.control_dependencies([check]):
+      kept = tf.sort(stacked, axis=0)[self.trim:count - self.trim]
+    return tf.reduce_mean(kept, axis=0)
