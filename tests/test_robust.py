@@ -28,23 +28,24 @@ _VALUE_TYPE = tff.types.to_type([(np.float32, (3,)), (np.float32, (2, 2))])
 ])
 def test_order_statistics_equal_numpy_on_random_updates(factory, reference):
   rng = np.random.default_rng(0)
-  process = factory.create(_VALUE_TYPE)
+  process = factory.create(_VALUE_TYPE, tff.TensorType(np.float32))
   with runtime.execution_context(secure_sums=False):
     for clients in (5, 6, 9):
       values = [[rng.normal(size=3).astype(np.float32),
                  rng.standard_cauchy(size=(2, 2)).astype(np.float32)] for _ in range(clients)]
-      result = process.next(process.initialize(), values).result
+      weights = rng.uniform(1, 100, size=clients).astype(np.float32).tolist()  # Ignored.
+      result = process.next(process.initialize(), values, weights).result
       for part in range(2):
         np.testing.assert_allclose(result[part],
                                    reference(np.stack([v[part] for v in values])), rtol=1e-6)
 
 
 def test_trimmed_mean_refuses_a_cohort_it_would_empty():
-  process = TrimmedMeanFactory(1).create(_VALUE_TYPE)
+  process = TrimmedMeanFactory(1).create(_VALUE_TYPE, tff.TensorType(np.float32))
   values = [[np.zeros(3, np.float32), np.zeros((2, 2), np.float32)]] * 2
   with runtime.execution_context(secure_sums=False):
     with pytest.raises(Exception, match='needs more than 2 hospitals'):
-      process.next(process.initialize(), values)
+      process.next(process.initialize(), values, [1.0, 1.0])
   with pytest.raises(ValueError, match='trim=0'):
     TrimmedMeanFactory(0)
 

@@ -12,7 +12,8 @@ these two are written here. Both gather the cohort's values at the server with
   trimmed mean:  each coordinate's values sorted, the `trim` smallest and
                  `trim` largest dropped, the rest averaged.
 
-They ignore client weights (one hospital, one vote): a weight is reported by
+They are weighted factories (so that they plug into TFF's weighted builders)
+that ignore the weights: one hospital, one vote, since a weight is reported by
 the hospital and so is as attackable as its update. Only a server that sees
 every hospital's update can compute them: they cannot run over masked or
 quantised secure sums.
@@ -22,14 +23,14 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 
-class _OrderStatisticFactory(tff.aggregators.UnweightedAggregationFactory):
+class _OrderStatisticFactory(tff.aggregators.WeightedAggregationFactory):
   """Gathers the clients' float values at the server and reduces each tensor
-  [C, *shape] (C = clients) to [*shape] with `_reduce`."""
+  [C, *shape] (C = clients) to [*shape] with `_reduce`; weights are ignored."""
 
   def _reduce(self, stacked: tf.Tensor) -> tf.Tensor:
     raise NotImplementedError
 
-  def create(self, value_type) -> tff.templates.AggregationProcess:
+  def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     specs = tff.types.type_to_tf_tensor_specs(value_type)
     for spec in tf.nest.flatten(specs):
       if not spec.dtype.is_floating:
@@ -60,8 +61,10 @@ class _OrderStatisticFactory(tff.aggregators.UnweightedAggregationFactory):
       return tff.federated_value((), tff.SERVER)
 
     @tff.federated_computation(init_fn.type_signature.result,
-                               tff.FederatedType(value_type, tff.CLIENTS))
-    def next_fn(state, value):
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      del weight  # One hospital, one vote.
       result = tff.federated_aggregate(value, zero(), accumulate, merge, report)
       return tff.templates.MeasuredProcessOutput(
           state=state, result=result, measurements=tff.federated_value((), tff.SERVER))
@@ -95,3 +98,44 @@ class TrimmedMeanFactory(_OrderStatisticFactory):
     with tf.control_dependencies([check]):
       kept = tf.sort(stacked, axis=0)[self.trim:count - self.trim]
     return tf.reduce_mean(kept, axis=0)
+
+
+ROBUST = ('none', 'norm_bound', 'zeroing', 'median', 'trimmed_mean')
+
+
+def robust_factory(name: str, norm: float | None = None, trim: int = 1
+                   ) -> tff.aggregators.WeightedAggregationFactory | None:
+  """The weighted factory of robust aggregation `name` (one of ROBUST; None for
+  'none'), raising ValueError naming the `robust.*` field at fault.
+
+    norm_bound:    each update scaled down to L2 norm at most `norm` (parameter
+                   units), then TFF's weighted mean (`tff.aggregators.clipping_factory`);
+                   norm None: the bound follows the median of the cohort's norms
+                   (TFF's quantile estimate, as in `tff.learning.robust_aggregator`);
+    zeroing:       an update with L2 norm above `norm` (None: TFF's adaptive
+                   estimate, a high quantile of the norms) is replaced by zeros
+                   (`tff.aggregators.zeroing_factory`), then the weighted mean;
+    median:        `CoordinateMedianFactory`;
+    trimmed_mean:  `TrimmedMeanFactory(trim)`.
+  """
+  if name not in ROBUST:
+    raise ValueError(f'robust.name={name!r}: choose one of {", ".join(ROBUST)}')
+  if norm is not None and name not in ('norm_bound', 'zeroing'):
+    raise ValueError(f'robust.norm={norm} applies to robust.name=norm_bound or zeroing, not '
+                     f'{name}')
+  if norm is not None and not norm > 0:
+    raise ValueError(f'robust.norm={norm}: must be positive')
+  if trim != 1 and name != 'trimmed_mean':
+    raise ValueError(f'robust.trim={trim} applies to robust.name=trimmed_mean, not {name}')
+  if name == 'none':
+    return None
+  if name == 'median':
+    return CoordinateMedianFactory()
+  if name == 'trimmed_mean':
+    return TrimmedMeanFactory(trim)
+  if norm is None:
+    return tff.learning.robust_aggregator(zeroing=name == 'zeroing',
+                                          clipping=name == 'norm_bound')
+  build = (tff.aggregators.clipping_factory if name == 'norm_bound'
+           else tff.aggregators.zeroing_factory)
+  return build(norm, tff.aggregators.MeanFactory())
