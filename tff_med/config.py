@@ -8,7 +8,7 @@ the experiment binaries map them back to their flag names.
 import dataclasses
 
 from tff_med.algorithms import ALGORITHMS, AlgorithmConfig
-from tff_med.privacy.dp_account import PrivacyConfig
+from tff_med.privacy.dp_account import PrivacyConfig, check_level_none
 from tff_med.secure_agg.config import SecureAggConfig
 
 
@@ -45,6 +45,12 @@ class TrainConfig:
   def validate(self, num_hospitals: int) -> None:
     """Checks the fields every mechanism shares; mechanisms check their own.
     Raises ValueError naming the field at fault."""
+    check_level_none(self.privacy)
+    if self.secure_agg.colluders is not None and (self.privacy.level, self.secure_agg.mode) != (
+        'client', 'masking'):
+      raise ValueError(f'secure_agg.colluders={self.secure_agg.colluders} applies to '
+                       'privacy.level=client with secure_agg.mode=masking (it sizes the '
+                       'hospitals\' noise shares)')
     if self.algorithm.name not in ALGORITHMS:
       raise ValueError(f'algorithm.name={self.algorithm.name!r}: choose one of {ALGORITHMS}')
     for field in ('rounds', 'local_epochs', 'batch_size', 'eval_every'):

@@ -21,16 +21,18 @@ saved state lost state (the ledger with it): it is refused.
 """
 
 import asyncio
+import glob
 import hashlib
 import json
 import os
 import shutil
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_med.data.federated_data import FederatedData
-from tff_med.outputs import json_safe
+from tff_med.outputs import TENSORBOARD_DIR, json_safe
 
 STATE_DIR = 'program_state'
 AUDIT_FILE = 'rounds.jsonl'
@@ -57,6 +59,29 @@ def _differences(saved, current, prefix='') -> list[str]:
   return [] if saved == current else [f'{prefix.rstrip(".")} (saved {saved!r}, now {current!r})']
 
 
+class FolderError(ValueError):
+  """The output folder holds state or outputs that this run may not continue or
+  add to (another set-up, lost state, an earlier run's outputs, resume=False)."""
+
+
+def _earlier_outputs(output_dir: str) -> list[str]:
+  """The outputs in `output_dir` that hold something released (not the empty
+  event file and CSV header a run cut before its first round leaves)."""
+  found = [name for name in ('summary.json', 'saved_model')
+           if os.path.exists(os.path.join(output_dir, name))]
+  csv_path = os.path.join(output_dir, 'metrics.csv')
+  if os.path.exists(csv_path):
+    with open(csv_path) as f:
+      if len(f.read().split()) > 1:  # Rows beyond the header.
+        found.append('metrics.csv')
+  events = glob.glob(os.path.join(output_dir, TENSORBOARD_DIR, '**', '*tfevents*'),
+                     recursive=True)
+  if any(event.summary.value for path in events
+         for event in tf.compat.v1.train.summary_iterator(path)):
+    found.append(f'{TENSORBOARD_DIR}/')
+  return found
+
+
 class RunState:
   """The program state of one run folder. `identity`: what must match to resume
   (the config's fields, `data`: the data fingerprint, `plan`: the plan's class
@@ -81,22 +106,28 @@ class RunState:
     versions = asyncio.run(self._manager.get_versions()) or []
     self.saved_round = max(versions) if versions else 0
     if self.saved_round and not resume:
-      raise ValueError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
+      raise FolderError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
                        'resume it (resume=True), start again (overwrite=True) or choose '
                        'another output_dir')
     released = max(self.audited_rounds(), default=0)
     if released > self.saved_round:  # State is saved before its round is released.
-      raise ValueError(
+      raise FolderError(
           f'{output_dir}: rounds.jsonl shows round {released} released, but program_state/ '
           f'holds {f"round {self.saved_round}" if self.saved_round else "no state"} (deleted?): '
           'continuing would train released rounds again with fresh noise, and a ledger that '
           'forgot them would charge them once. Start again (overwrite=True) or choose '
           'another output_dir')
+    leftovers = [] if self.saved_round else _earlier_outputs(output_dir)
+    if leftovers:  # A fresh run would add its event files and rows to theirs.
+      raise FolderError(
+          f'{output_dir} holds outputs of an earlier run ({", ".join(leftovers)}) but no '
+          'program state to resume it from: start again (overwrite=True), which deletes '
+          'them, or choose another output_dir')
     if self.saved_round:
       with open(identity_path) as f:
         differences = _differences(json.load(f), identity)
       if differences:
-        raise ValueError(f'{output_dir} holds a run with a different set-up; differing '
+        raise FolderError(f'{output_dir} holds a run with a different set-up; differing '
                          f'fields: {"; ".join(differences)}. Use the same settings to '
                          'resume it, overwrite=True to start again, or another output_dir')
     else:

@@ -52,24 +52,36 @@ class _Progress:
   """One line per round: round, training loss (where released), elapsed and
   estimated time left; no times where they would reveal a secret cohort
   (`timed` False). Test metrics go on a line of their own, printed with the
-  round's releases."""
+  round's releases. The first round of a session also traces and compiles the
+  computations, so the time left is estimated from the rounds after it (after
+  the first round alone: unknown, `?`)."""
 
   def __init__(self, rounds: int, first_round: int, log: Callable[[str], None],
-               timed: bool = True):
-    self._rounds, self._first, self._start = rounds, first_round, time.monotonic()
+               timed: bool = True, clock: Callable[[], float] = time.monotonic):
+    self._rounds, self._first, self._clock = rounds, first_round, clock
+    self._start, self._first_done = clock(), None
     self.timed, self.log = timed, log
 
   def elapsed(self) -> float:
-    return time.monotonic() - self._start
+    return self._clock() - self._start
+
+  def _left(self, round_num: int) -> str:
+    if round_num == self._first:
+      self._first_done = self._clock()
+    if round_num >= self._rounds:
+      return f'{0:6.1f}s'
+    if self._first_done is None or round_num == self._first:
+      return f'{"?":>6} '
+    per_round = (self._clock() - self._first_done) / (round_num - self._first)
+    return f'{per_round * (self._rounds - round_num):6.1f}s'
 
   def lines(self, round_num: int, metrics: dict, note: str) -> tuple[str, str | None]:
     """(the round's line, its test-metrics line or None)."""
-    elapsed = self.elapsed()
-    left = elapsed / (round_num - self._first + 1) * (self._rounds - round_num)
+    elapsed, left = self.elapsed(), self._left(round_num)
     loss = metrics.get('train', {}).get('loss')
     line = (f'round {round_num:4d}/{self._rounds}  '
             + (f'loss {loss:.4f}  ' if loss is not None else '')
-            + (f'elapsed {elapsed:6.1f}s  left ~{left:6.1f}s' if self.timed else ''))
+            + (f'elapsed {elapsed:6.1f}s  left ~{left}' if self.timed else ''))
     evaluated = None
     if 'eval' in metrics:
       pooled = metrics['eval']['pooled']

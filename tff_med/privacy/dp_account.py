@@ -86,6 +86,20 @@ class PrivacyConfig:
   every: int = 1
 
 
+def check_level_none(config: PrivacyConfig) -> None:
+  """With `level` none, every other field must keep its default: a run that
+  silently ignored a noise multiplier or a budget would look private. ValueError
+  naming the first field set."""
+  if config.level != 'none':
+    return
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if field.name != 'level' and value != field.default:
+      raise ValueError(f'privacy.{field.name}={value} is set but privacy.level=none: it '
+                       'applies only with privacy.level=record or privacy.level=client; '
+                       'without one of them the run is not private')
+
+
 def no_dp(data: FederatedData, updates: str) -> dict:
   """The privacy block of a run without DP: no epsilon, and what it releases;
   `updates`: how the hospitals' updates travel (e.g. 'in the clear to the server')."""
@@ -179,6 +193,9 @@ class DpAccount:
       raise ValueError(f'privacy.schedule={c.schedule!r}: choose one of {SCHEDULES}')
     if c.schedule == 'every_n' and c.every < 1:
       raise ValueError(f'privacy.every={c.every}: must be at least 1')
+    if c.schedule != 'every_n' and c.every != 1:
+      raise ValueError(f'privacy.every={c.every} applies to privacy.schedule=every_n, not '
+                       f'{c.schedule}')
     if c.clipping not in CLIPPINGS:
       raise ValueError(f'privacy.clipping={c.clipping!r}: choose one of {CLIPPINGS}')
     if self.aggregation not in AGGREGATIONS:
