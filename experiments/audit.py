@@ -30,6 +30,9 @@ _LOCAL_HOSPITAL = flags.DEFINE_string('local_hospital', '', 'Hospital whose loca
 _ALPHA = flags.DEFINE_float('alpha', membership.DEFAULT_ALPHA, 'The epsilon lower bounds '
                             'hold with confidence 1 - alpha, in (0, 1).')
 
+flags.declare_key_flag('data_dir')  # --help lists them.
+flags.declare_key_flag('target_delta')
+
 
 def main(argv):
   if len(argv) > 1:

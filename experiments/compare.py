@@ -26,19 +26,22 @@ _ALGORITHMS = flags.DEFINE_list('algorithms', list(ALGORITHMS), 'Methods to comp
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the table and runs go; '
                                   'default runs/compare_DATASET.')
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
 _OVERRIDES = {'algorithm.name': '--algorithms'}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'compare_{FLAGS.dataset}')
   try:
+    experiment_flags.check_output_dir(output_dir)
+    experiment_flags.refuse_flags(('algorithm',), 'it trains each of --algorithms')
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
     settings = {a: experiment_flags.train_config(a) for a in _ALGORITHMS.value}
     planned = grid.plan_grid(settings, inputs)
   except (DataError, ValueError) as e:
     experiment_flags.exit_with_error(e, _OVERRIDES)
-  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'compare_{FLAGS.dataset}')
   summaries = experiment_flags.run_grid(settings, inputs, output_dir, planned)
   data = next(iter(inputs.values())).data
   _, markdown = compare.write_comparison(summaries, list(inputs), output_dir, data.hospitals,

@@ -14,6 +14,7 @@ The library's errors name config fields (`privacy.l2_norm_clip=0: ...`);
 import dataclasses
 import functools
 import logging as std_logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -24,7 +25,8 @@ import tensorflow as tf
 
 from tff_med import data as data_lib
 from tff_med import grid
-from tff_med.algorithms import ALGORITHMS, CLIENT_WEIGHTINGS, AlgorithmConfig
+from tff_med import run_state
+from tff_med.algorithms import ALGORITHMS, BASELINES, CLIENT_WEIGHTINGS, AlgorithmConfig
 from tff_med.config import TrainConfig
 from tff_med.models import MODELS, ModelConfig, build_keras_model
 from tff_med.privacy import dp_account
@@ -52,8 +54,23 @@ DP_DEFAULTS = {
 # Server step size per algorithm: 1.0 applies FedAvg's plain average.
 SERVER_LR_DEFAULTS = {'fedavg': 1.0, 'fedprox': 1.0, 'fedadam': 0.05, 'fedyogi': 0.05,
                       'fedadagrad': 0.1, 'local': 1.0, 'pooled': 1.0}
-_DEPENDS = ('Default depends on --dataset, and on --dp for heart_disease '
-            '(experiments/flags.py DATASET_DEFAULTS, DP_DEFAULTS).')
+# Defaults shared by the data sets (DATASET_DEFAULTS overrides them).
+_COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles',
+                    'client_weighting': 'num_examples', 'l2_norm_clip': 1.0}
+# Data sets whose hospitals are simulated (num_hospitals, partition apply).
+_SIMULATED = ('breast_cancer', 'breastmnist', 'pneumoniamnist')
+
+
+def _depends(name: str, datasets=tuple(DATASET_DEFAULTS)) -> str:
+  """'Default: heart_disease 50 (with --dp: 20), breast_cancer 10, ...', from the tables."""
+  values = []
+  for dataset in datasets:
+    value = DATASET_DEFAULTS[dataset].get(name, _COMMON_DEFAULTS.get(name))
+    dp_value = DP_DEFAULTS.get(dataset, {}).get(name)
+    if name == 'l2_norm_clip':  # Applies with --dp only.
+      value, dp_value = dp_value or value, None
+    values.append(f'{dataset} {value}' + (f' (with --dp: {dp_value})' if dp_value else ''))
+  return 'Default: ' + ', '.join(values) + '.'
 
 flags.DEFINE_enum('dataset', 'breast_cancer', data_lib.DATASETS,
                   'Which hospitals\' data: the four UCI heart-disease hospitals, '
@@ -62,12 +79,12 @@ flags.DEFINE_enum('dataset', 'breast_cancer', data_lib.DATASETS,
 flags.DEFINE_string('data_dir', None, 'Folder with heart_disease/ and medmnist/ '
                     '(default: environment variable TFF_MED_DATA_DIR).')
 flags.DEFINE_integer('num_hospitals', None, 'Simulated hospitals for breast_cancer and '
-                     'MedMNIST. Default 3 (pneumoniamnist: 10).')
+                     'MedMNIST. ' + _depends('num_hospitals', _SIMULATED))
 flags.DEFINE_enum('partition', None, ['iid', 'dirichlet', 'profiles'],
                   'How records are dealt to simulated hospitals: iid; dirichlet label '
                   'skew; profiles (children\'s, general, oncology hospitals with their '
-                  'own disease prevalence and shifted features). Default profiles '
-                  '(pneumoniamnist: dirichlet).')
+                  'own disease prevalence and shifted features). '
+                  + _depends('partition', _SIMULATED))
 flags.DEFINE_float('dirichlet_alpha', 0.5, 'Concentration of the Dirichlet label skew; '
                    'smaller is more skewed.')
 flags.DEFINE_list('profile_features', [], 'Feature names shifted by hospital profiles '
@@ -103,13 +120,13 @@ flags.DEFINE_list('feature_ranges', [], 'For --dataset=csv --scaling=public_rang
 flags.DEFINE_float('test_fraction', 0.34, 'Share of each hospital\'s records held out '
                    'for its test set (heart_disease: FLamby\'s 0.34, fixed).')
 flags.DEFINE_enum('model', None, MODELS, 'logreg (FLamby\'s baseline), mlp for tables, '
-                  'cnn for 28x28 images. ' + _DEPENDS)
+                  'cnn for 28x28 images. ' + _depends('model'))
 flags.DEFINE_list('hidden_units', ['64', '32'], 'MLP hidden layer widths.')
 flags.DEFINE_float('dropout', 0.0, 'Dropout rate after hidden layers (mlp, cnn), in [0, 1).')
 flags.DEFINE_enum('algorithm', 'fedavg', ALGORITHMS, 'Federated algorithm, or a baseline: '
                   'local (each hospital alone) or pooled (centralised on all records).')
 flags.DEFINE_integer('rounds', None, 'Federated rounds (baselines: blocks of '
-                     '--local_epochs epochs). ' + _DEPENDS)
+                     '--local_epochs epochs). ' + _depends('rounds'))
 flags.DEFINE_integer('clients_per_round', 0, 'Hospitals sampled per round, uniformly '
                      'without replacement; 0 = all.')
 flags.DEFINE_integer('min_clients', 0, 'k of n: a round in which fewer hospitals report '
@@ -118,18 +135,20 @@ flags.DEFINE_integer('min_clients', 0, 'k of n: a round in which fewer hospitals
 flags.DEFINE_integer('simulate_dropouts', 0, 'Hospitals of each round\'s cohort that train '
                      'but never report (every --secure_agg mode).')
 flags.DEFINE_integer('local_epochs', None, 'Passes over a hospital\'s records per round. '
-                     + _DEPENDS)
-flags.DEFINE_integer('batch_size', None, 'Records per SGD step. ' + _DEPENDS)
+                     + _depends('local_epochs'))
+flags.DEFINE_integer('batch_size', None, 'Records per SGD step. ' + _depends('batch_size'))
 flags.DEFINE_float('client_lr', None, 'SGD step size on each hospital (and for the '
-                   'baselines). ' + _DEPENDS)
-flags.DEFINE_float('server_lr', None, 'Server optimiser step size. Default 1.0 for '
-                   'fedavg/fedprox (the plain average), 0.05 fedadam/fedyogi, 0.1 fedadagrad.')
+                   'baselines). ' + _depends('client_lr'))
+flags.DEFINE_float('server_lr', None, 'Server optimiser step size (1.0 with FedAvg/FedProx: '
+                   'the plain average). Default: ' + ', '.join(
+                       f'{a} {lr}' for a, lr in SERVER_LR_DEFAULTS.items()
+                       if a not in BASELINES) + '.')
 flags.DEFINE_float('fedprox_mu', 0.01, 'FedProx proximal strength (unitless).')
 flags.DEFINE_enum('client_weighting', None, list(CLIENT_WEIGHTINGS), 'Weight of a '
                   'hospital\'s update in the average: its number of training records, or '
-                  'uniform (hospitals count equally). ' + _DEPENDS)
+                  'uniform (hospitals count equally). ' + _depends('client_weighting'))
 flags.DEFINE_integer('eval_every', None, 'Rounds between test evaluations; the last '
-                     'round is always evaluated. ' + _DEPENDS)
+                     'round is always evaluated. ' + _depends('eval_every'))
 flags.DEFINE_integer('seed', 0, 'Seed of the split, the partition, initial weights, '
                      'shuffling and client sampling.')
 flags.DEFINE_integer('max_concurrent_computation_calls', -1, 'Cap on concurrent calls '
@@ -149,8 +168,7 @@ flags.DEFINE_float('target_delta', None, 'delta of the reported (epsilon, delta)
                    'level, 1e-3.')
 flags.DEFINE_float('l2_norm_clip', None, 'L2 clip of each per-example gradient '
                    '(record) or each hospital\'s model delta (client; initial clip '
-                   'if adaptive), in parameter units. Default 1.0 (heart_disease with '
-                   '--dp: 0.5).')
+                   'if adaptive), in parameter units. ' + _depends('l2_norm_clip'))
 flags.DEFINE_float('max_epsilon', None, 'Privacy budget: stop before a round that would '
                    'raise epsilon above this, save the model and say so.')
 flags.DEFINE_enum('accountant', 'rdp', ['rdp', 'pld'], 'dp_accounting accountant: '
@@ -188,10 +206,6 @@ FLAGS = flags.FLAGS
 # (--verbosity=0 brings them back).
 logging.set_verbosity(logging.WARNING)
 tf.get_logger().setLevel('ERROR')
-
-
-_COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles',
-                    'client_weighting': 'num_examples', 'l2_norm_clip': 1.0}
 
 
 def _flag_or_default(name: str):
@@ -254,6 +268,8 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
   """The TrainConfig the flags describe (`algorithm`, `seed`, `privacy`, the
   secure-aggregation mode `secure_agg` and `secagg_bits` override the flags)."""
   algorithm = algorithm or FLAGS.algorithm
+  if secure_agg is None:
+    _check_unused(SECURE_AGG_FLAGS, 'secure_agg')
   server_lr = (FLAGS.server_lr if FLAGS.server_lr is not None
                else SERVER_LR_DEFAULTS.get(algorithm, 1.0))
   return TrainConfig(
@@ -274,8 +290,31 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
           colluders=FLAGS.secagg_colluders))
 
 
+# Flags that apply only with --dp=record or --dp=client, and only with a secure
+# aggregation: given without them, even at their default value, they are an error.
+PRIVACY_FLAGS = ('noise_multiplier', 'target_epsilon', 'target_delta', 'l2_norm_clip',
+                 'max_epsilon', 'accountant', 'dp_clipping', 'dp_schedule', 'dp_every')
+SECURE_AGG_FLAGS = ('secagg_bits', 'secagg_clip', 'secagg_threshold', 'secagg_colluders')
+
+
+def _check_unused(names, mode_flag: str) -> None:
+  """ValueError when one of flags `names` is given while `mode_flag` is none."""
+  if getattr(FLAGS, mode_flag) != 'none':
+    return
+  for name in names:
+    if FLAGS[name].present:
+      raise ValueError(f'--{name}={FLAGS[name].value} is set but '
+                       f'--{mode_flag}=none: it would be ignored; choose a --{mode_flag} '
+                       'mode or leave it out')
+
+
 def privacy_config(target_epsilon: float | None = None) -> dp_account.PrivacyConfig:
-  """The PrivacyConfig the flags describe (`target_epsilon` overrides the flag)."""
+  """The PrivacyConfig the flags describe (`target_epsilon` overrides the flag).
+
+  Raises:
+    ValueError: a privacy flag given with --dp=none.
+  """
+  _check_unused(PRIVACY_FLAGS, 'dp')
   return dp_account.PrivacyConfig(
       level=FLAGS.dp, noise_multiplier=FLAGS.noise_multiplier,
       l2_norm_clip=_flag_or_default('l2_norm_clip'),
@@ -283,6 +322,32 @@ def privacy_config(target_epsilon: float | None = None) -> dp_account.PrivacyCon
       target_delta=FLAGS.target_delta, max_epsilon=FLAGS.max_epsilon,
       accountant=FLAGS.accountant, clipping=FLAGS.dp_clipping, schedule=FLAGS.dp_schedule,
       every=FLAGS.dp_every)
+
+
+def refuse_flags(names, reason: str) -> None:
+  """ValueError when one of flags `names`, which this binary does not read, is given."""
+  for name in names:
+    if FLAGS[name].present:
+      raise ValueError(f'--{name} is not used by this binary: {reason}')
+
+
+def check_output_dir(path: str, flag: str = '--output_dir') -> str:
+  """`path` if it is a folder or can be made one; ValueError naming `flag`
+  otherwise (before any data is loaded). Creates nothing."""
+  if os.path.exists(path):
+    if not os.path.isdir(path):
+      raise ValueError(f'{flag}={path}: is a file, not a folder')
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise ValueError(f'{flag}={path}: the folder is not writable')
+    return path
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f'{flag}={path}: cannot create it: {parent} is a file')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f'{flag}={path}: cannot create it in {parent} (not writable)')
+  return path
 
 
 def load_inputs_per_seed(num_seeds: int) -> dict:
@@ -411,6 +476,19 @@ def exit_with_error(error: Exception, overrides: Mapping[str, str] | None = None
   sys.exit(f'error: {flag_message(str(error), overrides)}')
 
 
+# `training.run`'s folder options, as run_state's errors name them, and their flags.
+_FOLDER_FLAGS = {'resume=True': '--resume', 'overwrite=True': '--overwrite',
+                 'resume=False': '--noresume', 'another output_dir': 'another --output_dir'}
+
+
+def exit_with_folder_error(error: 'run_state.FolderError'):
+  """Exits with `error: MESSAGE`, run_state's folder options named by their flags."""
+  message = str(error)
+  for option, flag in _FOLDER_FLAGS.items():
+    message = message.replace(option, flag)
+  exit_with_error(ValueError(message))
+
+
 def run_grid(settings: Mapping[str, grid.Setting], inputs: Mapping[int, 'RunInputs'],
              output_dir: str, planned: Mapping | None = None) -> dict[str, list[dict]]:
   """`grid.run_grid` with --resume and --overwrite; exits saying how to continue
@@ -418,6 +496,8 @@ def run_grid(settings: Mapping[str, grid.Setting], inputs: Mapping[int, 'RunInpu
   try:
     return grid.run_grid(settings, inputs, output_dir, planned=planned,
                          resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+  except run_state.FolderError as e:
+    exit_with_folder_error(e)
   except grid.Interrupted as e:
     sys.exit(f'interrupted: {e}; run the same command again to continue '
              '(--overwrite starts again)')

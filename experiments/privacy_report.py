@@ -28,6 +28,7 @@ _EPSILONS = flags.DEFINE_list('epsilons', ['1', '4', '16'], 'Target epsilons of 
 _SEEDS = flags.DEFINE_integer('seeds', 2, 'Number of seeds: --seed, --seed+1, ...')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default runs/privacy_report_DATASET.')
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
 _OVERRIDES = {'privacy.target_epsilon': '--epsilons'}
 
 
@@ -44,7 +45,11 @@ def main(argv):
     FLAGS.dp = 'record'
   if FLAGS.client_weighting is None:
     FLAGS.client_weighting = 'uniform'
+  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_report_{FLAGS.dataset}')
   try:
+    experiment_flags.check_output_dir(output_dir)
+    experiment_flags.refuse_flags(('target_epsilon', 'noise_multiplier', 'secure_agg'),
+                                  'it trains each of --epsilons and every --secure_agg mode')
     settings = [privacy_report.Setting('no DP')]
     settings += [privacy_report.Setting(f'DP eps={e:g}', e)
                  for e in experiment_flags.parse_list('epsilons', float)]
@@ -54,7 +59,6 @@ def main(argv):
     planned = grid.plan_grid(configs, inputs)
   except (DataError, ValueError) as e:
     experiment_flags.exit_with_error(e, _OVERRIDES)
-  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_report_{FLAGS.dataset}')
   summaries = experiment_flags.run_grid(configs, inputs, output_dir, planned)
   audits = {name: [run_audit.audit_run(grid.run_dir(output_dir, name, seed), FLAGS.data_dir,
                                        log=lambda line: None, delta=FLAGS.target_delta)

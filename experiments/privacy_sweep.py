@@ -28,13 +28,18 @@ _EPSILONS = flags.DEFINE_list('epsilons', ['0.5', '1', '2', '4', '8', 'inf'],
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds: --seed, --seed+1, ...')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default runs/privacy_sweep_DATASET.')
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
 _OVERRIDES = {'privacy.target_epsilon': '--epsilons'}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_sweep_{FLAGS.dataset}')
   try:
+    experiment_flags.check_output_dir(output_dir)
+    experiment_flags.refuse_flags(('target_epsilon', 'noise_multiplier'),
+                                  'it calibrates the noise for each of --epsilons')
     epsilons = experiment_flags.parse_list('epsilons', float)
     if FLAGS.dp == 'none':
       raise ValueError('--dp=none: choose --dp=record or --dp=client for a privacy sweep')
@@ -48,7 +53,6 @@ def main(argv):
     planned = grid.plan_grid(settings, inputs)
   except (DataError, ValueError) as e:
     experiment_flags.exit_with_error(e, _OVERRIDES)
-  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'privacy_sweep_{FLAGS.dataset}')
   summaries = experiment_flags.run_grid(settings, inputs, output_dir, planned)
   _, markdown = privacy_sweep.write_privacy_sweep(
       summaries, epsilons, list(inputs), output_dir,

@@ -24,6 +24,7 @@ _MODES = flags.DEFINE_list('modes', ['tff', 'masking'], 'Secure aggregation mode
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds: --seed, --seed+1, ...')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Default runs/secure_agg_cost_DATASET.')
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
 _OVERRIDES = {'secure_agg.mode': '--modes', 'secure_agg.bits': '--bit_widths'}
 
 
@@ -32,7 +33,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.client_weighting is None:
     FLAGS.client_weighting = 'uniform'  # Secure sums are unweighted: compare like with like.
+  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'secure_agg_cost_{FLAGS.dataset}')
   try:
+    experiment_flags.check_output_dir(output_dir)
+    experiment_flags.refuse_flags(('secure_agg', 'secagg_bits'),
+                                  'it trains each of --modes at each of --bit_widths')
     rows = cost_table.cost_settings(_MODES.value, experiment_flags.parse_list('bit_widths', int))
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
     settings = {cost_table.setting_name(mode, width): experiment_flags.train_config(
@@ -40,7 +45,6 @@ def main(argv):
     planned = grid.plan_grid(settings, inputs)
   except (DataError, ValueError) as e:
     experiment_flags.exit_with_error(e, _OVERRIDES)
-  output_dir = _OUTPUT_DIR.value or os.path.join('runs', f'secure_agg_cost_{FLAGS.dataset}')
   summaries = experiment_flags.run_grid(settings, inputs, output_dir, planned)
   print(cost_table.write_cost_table(summaries, rows, list(inputs), output_dir,
                                     f'Secure aggregation cost: {FLAGS.dataset}, '

@@ -19,6 +19,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from experiments import flags as experiment_flags
+from tff_med import run_state
 from tff_med import training
 from tff_med.audit import run_audit
 from tff_med.data import DataError
@@ -28,6 +29,7 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where outputs go; default
 _AUDIT = flags.DEFINE_bool('audit', False, 'After training, run the membership-inference '
                            'audit of experiments.audit on the run (audit.json).')
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
 
 
 def _auc_coverage(summary: dict) -> str:
@@ -43,7 +45,10 @@ def _auc_coverage(summary: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  output_dir = _OUTPUT_DIR.value or os.path.join(
+      'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
   try:
+    experiment_flags.check_output_dir(output_dir)
     if _AUDIT.value and FLAGS.algorithm == 'local':
       raise ValueError('--audit attacks a global model: --algorithm=local has none')
     inputs = experiment_flags.load_run_inputs()
@@ -52,14 +57,15 @@ def main(argv):
     plan = training.build_plan(data, inputs.keras_model_fn, config, log=print)
   except (DataError, ValueError) as e:
     experiment_flags.exit_with_error(e)
-  output_dir = _OUTPUT_DIR.value or os.path.join(
-      'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
   print(f'{FLAGS.algorithm} on {data.name}: {len(data.hospitals)} hospitals '
         f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
-  summary = training.run(data, inputs.keras_model_fn, config, output_dir=output_dir,
-                         plan=plan, extra_summary=inputs.summary_fields(),
-                         log=lambda line: print(line, flush=True),
-                         resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+  try:
+    summary = training.run(data, inputs.keras_model_fn, config, output_dir=output_dir,
+                           plan=plan, extra_summary=inputs.summary_fields(),
+                           log=lambda line: print(line, flush=True),
+                           resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+  except run_state.FolderError as e:  # Before any training.
+    experiment_flags.exit_with_folder_error(e)
   if summary.get('status') == 'interrupted':
     sys.exit(f'interrupted: the state is saved in {output_dir}; run the same command again '
              'to continue (--overwrite starts again)')
