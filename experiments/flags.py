@@ -29,6 +29,7 @@ from tff_med import run_state
 from tff_med.algorithms import ALGORITHMS, BASELINES, CLIENT_WEIGHTINGS, AlgorithmConfig
 from tff_med.config import TrainConfig
 from tff_med.models import MODELS, ModelConfig, build_keras_model
+from tff_med import personalization
 from tff_med.privacy import dp_account
 from tff_med.secure_agg import config as secure_agg_config
 
@@ -194,6 +195,17 @@ flags.DEFINE_integer('secagg_colluders', None, 'Masking with --dp=client: hospit
                      'assumed to collude with the server (0..t-2); each hospital\'s noise '
                      'share is sized so that a round at the threshold keeps the planned '
                      'noise without them. Default t-2.')
+flags.DEFINE_enum('personalize', 'none', list(personalization.METHODS), 'After the last '
+                  'round: none, or finetune (each hospital fine-tunes the global model on '
+                  'its own training records; personalized_model/HOSPITAL, global vs '
+                  'personalised test metrics in summary.json). With --dp=record it runs '
+                  'DP-SGD and is charged to each hospital\'s epsilon; with --dp=client it '
+                  'runs without DP (the model stays at its hospital).')
+flags.DEFINE_integer('personalize_epochs', personalization.PersonalizeConfig.epochs,
+                     'With --personalize=finetune: passes over each hospital\'s training '
+                     'records, in batches of --batch_size.')
+flags.DEFINE_float('personalize_lr', None, 'With --personalize=finetune: SGD step size '
+                   '(default: --client_lr).')
 flags.DEFINE_bool('resume', True, 'If the output folder holds saved program state, '
                   'continue from its last completed round (a finished run is not trained '
                   'again).')
@@ -287,7 +299,9 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
           mode=secure_agg or FLAGS.secure_agg,
           bits=FLAGS.secagg_bits if secagg_bits is None else secagg_bits,
           clip=FLAGS.secagg_clip, threshold=FLAGS.secagg_threshold,
-          colluders=FLAGS.secagg_colluders))
+          colluders=FLAGS.secagg_colluders),
+      personalize=personalization.PersonalizeConfig(
+          method=FLAGS.personalize, epochs=FLAGS.personalize_epochs, lr=FLAGS.personalize_lr))
 
 
 # Flags that apply only with --dp=record or --dp=client, and only with a secure
@@ -419,6 +433,9 @@ _RENAMED = {
     'secure_agg.clip': '--secagg_clip',
     'secure_agg.threshold': '--secagg_threshold',
     'secure_agg.colluders': '--secagg_colluders',
+    'personalize.method': '--personalize',
+    'personalize.epochs': '--personalize_epochs',
+    'personalize.lr': '--personalize_lr',
 }
 _FIELDS = (
     'rounds', 'clients_per_round', 'min_clients', 'dropouts', 'local_epochs', 'batch_size',
@@ -429,7 +446,7 @@ _FIELDS = (
     'privacy.target_epsilon', 'privacy.target_delta', 'privacy.max_epsilon',
     'privacy.accountant', 'privacy.clipping', 'privacy.schedule', 'privacy.every',
     'secure_agg.mode', 'secure_agg.bits', 'secure_agg.clip', 'secure_agg.threshold',
-    'secure_agg.colluders',
+    'secure_agg.colluders', 'personalize.method', 'personalize.epochs', 'personalize.lr',
 ) + tuple(f'data.{f.name}' for f in dataclasses.fields(data_lib.DataConfig))
 FIELD_FLAGS = {field: _RENAMED.get(field, '--' + field.rpartition('.')[2])
                for field in _FIELDS}

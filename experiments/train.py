@@ -42,6 +42,25 @@ def _auc_coverage(summary: dict) -> str:
           'test set holds one class)')
 
 
+def _personalization_lines(block: dict) -> list[str]:
+  """Global vs personalised test accuracy and AUC per hospital, and their means."""
+  head = (f"personalisation: {block['method']}, {block['epochs']} epoch(s) at lr "
+          f"{block['lr']:g}, {block['training']}")
+  if 'skipped' in block:
+    return [head, f"  skipped: {block['skipped']}"]
+  fmt = lambda value: 'n/a' if math.isnan(value) else f'{value:.3f}'
+  rows = [(h, m) for h, m in block['per_hospital'].items()]
+  rows.append(('mean over hospitals', block['mean_hospital']))
+  width = max(len(name) for name, _ in rows)
+  lines = [head, f"  {'hospital':<{width}}  accuracy global -> personalised   "
+                 'AUC global -> personalised']
+  for name, m in rows:
+    lines.append(f"  {name:<{width}}  {fmt(m['global']['accuracy']):>15} -> "
+                 f"{fmt(m['personalized']['accuracy']):<12}   {fmt(m['global']['auc']):>10} -> "
+                 f"{fmt(m['personalized']['auc'])}")
+  return lines
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -75,6 +94,8 @@ def main(argv):
         + _auc_coverage(summary))
   if 'privacy' in summary:
     print(f"privacy: {summary['privacy']['statement']}")
+  if 'personalization' in summary:
+    print('\n'.join(_personalization_lines(summary['personalization'])))
   if summary.get('stopped_early'):
     print(f"stopped early: {summary['reason']}")
   if _AUDIT.value:

@@ -12,7 +12,7 @@ LAYERS = (
                          'tff_med.serving')),
     ('TFF building blocks', ('tff_med.algorithms', 'tff_med.privacy', 'tff_med.secure_agg',
                              'tff_med.outputs', 'tff_med.runtime', 'tff_med.config',
-                             'tff_med.audit_log')),
+                             'tff_med.audit_log', 'tff_med.personalization')),
     ('mechanisms', ('tff_med.mechanisms',)),
     ('training loop', ('tff_med.training', 'tff_med.run_state')),
     ('studies over runs', ('tff_med.grid', 'tff_med.compare', 'tff_med.privacy_sweep',

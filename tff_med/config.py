@@ -9,6 +9,7 @@ import dataclasses
 
 from tff_med.algorithms import ALGORITHMS, AlgorithmConfig
 from tff_med.privacy.dp_account import PrivacyConfig, check_level_none
+from tff_med.personalization import PersonalizeConfig
 from tff_med.secure_agg.config import SecureAggConfig
 
 
@@ -23,7 +24,8 @@ class TrainConfig:
   passes over a hospital's records per round; `batch_size`: records per SGD
   step (DP-SGD: expected records per step); `eval_every`: rounds between
   test-set evaluations (the last round is always evaluated); `privacy`:
-  differential privacy; `secure_agg`: how updates reach the server."""
+  differential privacy; `secure_agg`: how updates reach the server;
+  `personalize`: what each hospital does with the final model (fine-tuning)."""
   algorithm: AlgorithmConfig = AlgorithmConfig()
   rounds: int = 50
   clients_per_round: int = 0
@@ -36,6 +38,7 @@ class TrainConfig:
   max_concurrent_computation_calls: int = -1
   privacy: PrivacyConfig = PrivacyConfig()
   secure_agg: SecureAggConfig = SecureAggConfig()
+  personalize: PersonalizeConfig = PersonalizeConfig()
 
   @property
   def cohort_size(self) -> int | None:
@@ -73,3 +76,4 @@ class TrainConfig:
     if self.min_clients > cohort - self.dropouts:
       raise ValueError(f'min_clients={self.min_clients} with dropouts={self.dropouts} of '
                        f'{cohort} hospitals per round: every round would be skipped')
+    self.personalize.validate(self.algorithm.name)

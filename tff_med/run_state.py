@@ -9,10 +9,14 @@ Under `output_dir`:
                                     plan's checkpoint (e.g. the privacy ledger),
                                     the seeded generator's state (cohorts,
                                     dropouts), releases not yet made and the
-                                    evaluation history
+                                    evaluation history; versions after the
+                                    last round hold steps after training
+                                    (personalisation: its DP charge, saved
+                                    before it runs, and its result)
     program_state/run.json          the config and data fingerprint it belongs to
     rounds.jsonl                    one line per round and per session event
-                                    (started, resumed, interrupted, completed)
+                                    (started, resumed, interrupted, completed,
+                                    personalization_charged, personalized)
 
 program_state/ is the server's own state: it is not a release (its file times
 show when each round ended). A round's state is saved before anything of the
@@ -37,7 +41,8 @@ from tff_med.outputs import TENSORBOARD_DIR, json_safe
 STATE_DIR = 'program_state'
 AUDIT_FILE = 'rounds.jsonl'
 # Everything a run writes under its folder (what overwrite=True deletes).
-OUTPUTS = (STATE_DIR, AUDIT_FILE, 'summary.json', 'metrics.csv', 'tensorboard', 'saved_model')
+OUTPUTS = (STATE_DIR, AUDIT_FILE, 'summary.json', 'metrics.csv', 'tensorboard', 'saved_model',
+           'personalized_model')
 
 
 def data_fingerprint(data: FederatedData) -> str:
@@ -145,6 +150,12 @@ class RunState:
     document = json.dumps(extras, default=lambda value: value.item())
     asyncio.run(self._manager.save([state, round_num, document], round_num))
     self.saved_round = round_num
+
+  def save_after(self, state, extras: dict) -> None:
+    """Saves the state again after the last round, as the next version (the round
+    in `extras` stays the last one trained): what a step after training, such as
+    personalisation, must record before it releases anything."""
+    self.save(self.saved_round + 1, state, extras)
 
   def audited_rounds(self) -> set[int]:
     """Rounds rounds.jsonl already holds."""

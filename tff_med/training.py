@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tff_med import runtime
+from tff_med import personalization, runtime
 from tff_med.config import TrainConfig
 from tff_med.data.federated_data import FederatedData
 from tff_med.mechanisms.plans import build_plan
@@ -128,6 +128,7 @@ class _Loop:
   skipped_rounds: int = 0
   dropouts: int = 0
   stopped: dict | None = None
+  personalized: dict | None = None  # What `personalization.personalize` saved.
 
   def extras(self, plan: RoundPlan) -> dict:
     return {**dataclasses.asdict(self), 'plan': plan.checkpoint()}
@@ -221,9 +222,19 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       evaluation = plan.evaluate(state)
     if outputs and finished:  # An unfinished folder holds no model.
       outputs.save_models(plan.models(state))
+    personal = None
+    if finished and config.personalize.finetune_epochs:
+      def checkpoint(record: dict, event: str) -> None:
+        loop.personalized = record
+        if saved:
+          saved.save_after(state, loop.extras(plan))
+          saved.audit({'event': event, 'session': loop.sessions})
+      personal = personalization.personalize(plan, state, evaluation, loop.personalized,
+                                              checkpoint, outputs, log)
     if saved:
       saved.audit({'event': status, 'session': loop.sessions, 'after_round': loop.round_num})
-  summary = _summary(plan, config, data, evaluation, loop, status, extra_summary)
+  summary = _merged(_summary(plan, config, data, evaluation, loop, status, extra_summary),
+                    personal or {})
   if outputs:
     outputs.write_summary(summary)
   return summary
@@ -289,6 +300,15 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
     loop.evaluations.append((round_num, evaluation))
   loop.pending.append((round_num, metrics, audit, held))
   return result.state
+
+
+def _merged(summary: dict, extra: dict) -> dict:
+  """`summary` with `extra`'s fields added, nested dicts merged."""
+  merged = dict(summary)
+  for key, value in extra.items():
+    merged[key] = (_merged(merged[key], value) if isinstance(value, dict)
+                   and isinstance(merged.get(key), dict) else value)
+  return merged
 
 
 def _plan_chain(plan: RoundPlan) -> list[str]:

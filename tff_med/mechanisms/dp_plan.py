@@ -18,8 +18,11 @@ class DpPlan(PlanWrapper):
     after = self.dp.would_exceed_budget(round_.cohort, round_.number, state)
     if after is None:
       return self.inner.stop_reason(state, round_)
-    return (f'round {round_.number} could raise epsilon to {after:.4g} (its worst case), '
-            f'above privacy.max_epsilon={self.dp.config.max_epsilon}; stopped before it')
+    reserve = (' with the personalisation fine-tuning reserved'
+               if self.dp.personal_epochs else '')
+    return (f'round {round_.number} could raise epsilon to {after:.4g} (its worst case'
+            f'{reserve}), above privacy.max_epsilon={self.dp.config.max_epsilon}; '
+            'stopped before it')
 
   def releasable(self, metrics: dict) -> dict:
     return {**self.dp.releasable(self.inner.releasable(metrics)),

@@ -32,7 +32,8 @@ class RecordLevelDp(DpPlan):
     config = task.config
     self.task = task
     self.dp = DpAccount(config.privacy, config.algorithm, task.data, config.rounds,
-                        config.clients_per_round, config.batch_size, config.local_epochs, log)
+                        config.clients_per_round, config.batch_size, config.local_epochs, log,
+                        personal_epochs=config.personalize.finetune_epochs)
     noised = aggregation(task, self._client_work(True), self._dataset, aggregator)
     self._unnoised = (None if config.privacy.schedule == 'every_round' else
                       aggregation(task, self._client_work(False), self._dataset, aggregator))

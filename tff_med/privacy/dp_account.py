@@ -25,6 +25,12 @@ noise and keeps one `accounting.PrivacyLedger` per adversary.
     cohort, and an aborted round shows observers that few survived; observers
     see less than the server, so the server's epsilon bounds theirs).
 
+Personalisation (record level): the DP-SGD fine-tuning each hospital runs
+after the last round is one more dp_sgd event of that hospital (`personal_epochs`
+x ceil(n_k / batch_size) steps at rate batch_size / n_k), planned in the
+calibration from target_epsilon, reserved by the max_epsilon budget before
+every round, and recorded in its ledger before it runs.
+
 Schedules (record level): `every_round` noises every round; `first_round` and
 `every_n` (noise in rounds 1, 1 + N, 1 + 2N, ...) train the other rounds
 without noise or clipping, which releases un-noised updates of the same records:
@@ -127,17 +133,20 @@ class DpAccount:
 
   `aggregation` (hospital level): 'central' or 'masking' (see the module
   docstring); `colluders`: hospitals assumed to collude with the server
-  (secure aggregations only)."""
+  (secure aggregations only); `personal_epochs` (record level): epochs of DP-SGD
+  fine-tuning each hospital runs after the last round (`tff_med.personalization`),
+  planned in the calibration and reserved by the budget."""
 
   def __init__(self, config: PrivacyConfig, algorithm: AlgorithmConfig, data: FederatedData,
                rounds: int, clients_per_round: int, batch_size: int, local_epochs: int,
                log: Callable[[str], None] = print, aggregation: str = 'central',
-               colluders: int = 0):
+               colluders: int = 0, personal_epochs: int = 0):
     self.config = config
     self._algorithm = algorithm
     self._data = data
     self._batch_size = batch_size
     self._local_epochs = local_epochs
+    self.personal_epochs = personal_epochs
     self._rounds = rounds
     self._num_train = {h: data.num_train(h) for h in data.hospitals}
     num_hospitals = len(data.hospitals)
@@ -165,7 +174,8 @@ class DpAccount:
           config.target_epsilon, self.delta, config.accountant, self._planned_event_fns())
       log(f'calibrated noise multiplier {self.noise_multiplier:.4f} for epsilon '
           f'{config.target_epsilon} at delta {self.delta:g} ({config.accountant}, worst '
-          'case of every round)')
+          'case of every round' + (', with the personalisation fine-tuning)'
+                                   if personal_epochs else ')'))
     self.views = self._views()
 
   def _check_fields(self) -> None:
@@ -256,11 +266,47 @@ class DpAccount:
     run in its worst case (every unit joins every round; the fewest survivors)."""
     rounds = self._rounds
     if self.config.level == 'record':
+      # The fine-tuning takes DP-SGD steps of the same rate and noise: one event.
       return {h: (lambda sigma, h=h: accounting.dp_sgd_event(
-          self.sampling_rates[h], sigma, rounds * self._steps(h))) for h in self._num_train}
+          self.sampling_rates[h], sigma, rounds * self._steps(h) + self.personal_steps(h)))
+              for h in self._num_train}
     q = self.sampling_rates[STUDY] if self.hides_cohort else 1.0
     return {STUDY: lambda sigma: dp_accounting.SelfComposedDpEvent(
         accounting.sampled_round_event(dp_accounting.GaussianDpEvent(sigma), q), rounds)}
+
+  # Personalisation (record level, `tff_med.personalization`): after the last
+  # round each hospital fine-tunes by DP-SGD for `personal_epochs` epochs; that
+  # event is planned in the calibration, reserved by the budget and charged to
+  # the hospital's ledger.
+  def personal_steps(self, hospital: str) -> int:
+    """DP-SGD steps of `hospital`'s fine-tuning (0: none planned)."""
+    return dp_sgd.local_steps(self._num_train[hospital], self._batch_size,
+                              self.personal_epochs)
+
+  def _personal_event(self, hospital: str, sigma: float) -> dp_accounting.DpEvent:
+    return accounting.dp_sgd_event(self.sampling_rates[hospital], sigma,
+                                   self.personal_steps(hospital))
+
+  def _personal_events(self) -> dict[str, dict[str, list[dp_accounting.DpEvent]]]:
+    """Adversary -> hospital -> the fine-tuning's events (empty if none planned)."""
+    if not self.personal_epochs:
+      return {}
+    return {'everyone': {h: [self._personal_event(h, self.noise_multiplier)]
+                         for h in self._num_train}}
+
+  def personal_budget_exceeded(self) -> float | None:
+    """The epsilon after charging the fine-tuning if it exceeds
+    privacy.max_epsilon, else None."""
+    if self.config.max_epsilon is None:
+      return None
+    after = self._max_epsilon(self._personal_events())
+    return after if after > self.config.max_epsilon else None
+
+  def record_personal(self) -> None:
+    """Charges every hospital its fine-tuning event."""
+    for name, per_unit in self._personal_events().items():
+      for unit, unit_events in per_unit.items():
+        self.views[name].ledger.record(unit, unit_events[0], steps=self.personal_steps(unit))
 
   def _steps(self, hospital: str) -> int:
     return dp_sgd.local_steps(self._num_train[hospital], self._batch_size, self._local_epochs)
@@ -320,8 +366,11 @@ class DpAccount:
     hospital-level DP) if it exceeds privacy.max_epsilon, else None."""
     if self.config.max_epsilon is None:
       return None
-    after = self._max_epsilon(self._round_events(cohort, round_num,
-                                                 central_event=self._central_event(state)))
+    pending = self._round_events(cohort, round_num, central_event=self._central_event(state))
+    for name, per_unit in self._personal_events().items():  # Reserved for after training.
+      for unit, unit_events in per_unit.items():
+        pending.setdefault(name, {}).setdefault(unit, []).extend(unit_events)
+    after = self._max_epsilon(pending)
     return after if after > self.config.max_epsilon else None
 
   def _central_event(self, state) -> dp_accounting.DpEvent | None:
