@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tff_med import serving
+
 ROUNDS = 8
 MASKING = ['--secure_agg=masking', '--simulate_dropouts=1']
 RECORD_DP = ['--dp=record', '--noise_multiplier=1.0']
@@ -89,7 +91,8 @@ def _rounds_log(output_dir):
 
 
 def _weights(output_dir):
-  model = tf.keras.models.load_model(os.path.join(output_dir, 'saved_model'), compile=False)
+  model = tf.keras.models.load_model(  # heart_disease: one export per hospital, same weights.
+      serving.keras_model_path(os.path.join(output_dir, 'saved_model')), compile=False)
   return model.get_weights()
 
 
