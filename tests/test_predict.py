@@ -25,8 +25,8 @@ _CONFIG = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.05), rounds=2, batch
 
 
 def _train(data, output_dir, model='logreg'):
-  keras_model_fn = functools.partial(build_keras_model, ModelConfig(model, hidden_units=(8,)),
-                                     data.feature_shape, 0)
+  config = ModelConfig(model, hidden_units=(8,)) if model == 'mlp' else ModelConfig(model)
+  keras_model_fn = functools.partial(build_keras_model, config, data.feature_shape, 0)
   training.run(data, keras_model_fn, _CONFIG, output_dir=str(output_dir), log=lambda _: None)
 
 

@@ -35,6 +35,21 @@ class AlgorithmConfig:
   client_weighting: str = 'num_examples'
 
 
+def check_unused_fields(config: AlgorithmConfig) -> None:
+  """A field the algorithm `config.name` does not read must keep its default: a
+  run that silently ignored it would not be the run asked for. ValueError naming
+  the field (`fedprox_mu` is read by FedProx only, `server_lr` by the federated
+  algorithms only)."""
+  if config.fedprox_mu != AlgorithmConfig.fedprox_mu and config.name != 'fedprox':
+    raise ValueError(f'algorithm.fedprox_mu={config.fedprox_mu} applies to '
+                     f'algorithm.name=fedprox only, not algorithm.name={config.name}: it '
+                     'would be ignored; leave it out')
+  if config.server_lr != AlgorithmConfig.server_lr and config.name in BASELINES:
+    raise ValueError(f'algorithm.server_lr={config.server_lr} applies to the federated '
+                     f'algorithms only, not algorithm.name={config.name} (a baseline has '
+                     'no server optimiser): it would be ignored; leave it out')
+
+
 def client_optimizer(config: AlgorithmConfig) -> tff.learning.optimizers.Optimizer:
   """Plain SGD at `client_lr` on each hospital."""
   return tff.learning.optimizers.build_sgdm(config.client_lr)

@@ -7,7 +7,7 @@ the experiment binaries map them back to their flag names.
 
 import dataclasses
 
-from tff_med.algorithms import ALGORITHMS, AlgorithmConfig
+from tff_med.algorithms import ALGORITHMS, AlgorithmConfig, check_unused_fields
 from tff_med.privacy.dp_account import PrivacyConfig, check_level_none
 from tff_med.personalization import PersonalizeConfig
 from tff_med.secure_agg.config import SecureAggConfig
@@ -56,6 +56,7 @@ class TrainConfig:
                        'hospitals\' noise shares)')
     if self.algorithm.name not in ALGORITHMS:
       raise ValueError(f'algorithm.name={self.algorithm.name!r}: choose one of {ALGORITHMS}')
+    check_unused_fields(self.algorithm)
     for field in ('rounds', 'local_epochs', 'batch_size', 'eval_every'):
       if getattr(self, field) < 1:
         raise ValueError(f'{field}={getattr(self, field)}: must be at least 1')

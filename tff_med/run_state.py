@@ -45,6 +45,20 @@ OUTPUTS = (STATE_DIR, AUDIT_FILE, 'summary.json', 'metrics.csv', 'tensorboard', 
            'personalized_model')
 
 
+# What experiments.audit's membership-inference audit (tff_med.audit.run_audit)
+# adds to a finished run's folder: audit.json and the local-only model it trains
+# for comparison. They describe the run in the folder, so overwrite=True deletes
+# them with it and a folder holding them but no program state is refused. Glob
+# patterns.
+MEMBERSHIP_AUDIT_OUTPUTS = ('audit.json', 'audit_local_*')
+
+
+def _membership_audit_outputs(output_dir: str) -> list[str]:
+  """The paths of MEMBERSHIP_AUDIT_OUTPUTS in `output_dir`."""
+  return sorted(path for pattern in MEMBERSHIP_AUDIT_OUTPUTS
+                for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)))
+
+
 def data_fingerprint(data: FederatedData) -> str:
   """sha256 over every hospital's name and train/test arrays."""
   digest = hashlib.sha256()
@@ -84,7 +98,7 @@ def _earlier_outputs(output_dir: str) -> list[str]:
   if any(event.summary.value for path in events
          for event in tf.compat.v1.train.summary_iterator(path)):
     found.append(f'{TENSORBOARD_DIR}/')
-  return found
+  return found + [os.path.basename(path) for path in _membership_audit_outputs(output_dir)]
 
 
 class RunState:
@@ -99,8 +113,8 @@ class RunState:
     self._audit_path = os.path.join(output_dir, AUDIT_FILE)
     identity_path = os.path.join(self._dir, 'run.json')
     if overwrite:
-      for name in OUTPUTS:
-        path = os.path.join(output_dir, name)
+      audits = _membership_audit_outputs(output_dir)
+      for path in [os.path.join(output_dir, name) for name in OUTPUTS] + audits:
         if os.path.isdir(path):
           shutil.rmtree(path)
         elif os.path.exists(path):

@@ -29,7 +29,8 @@ class DataConfig:
       MedMNIST sets only); None = environment variable TFF_MED_DATA_DIR.
     num_hospitals, partition, dirichlet_alpha, profile_features: simulated
       hospitals (breast_cancer, MedMNIST; see `partition.simulate_hospitals`).
-      profile_features applies to breast_cancer only; () = its default.
+      dirichlet_alpha applies to partition 'dirichlet' only; profile_features
+      to breast_cancer with partition 'profiles' only; () = its default.
     csv_files, label_column, categorical_columns, feature_columns, drop_columns,
       id_columns, positive_label, missing, csv_encoding: the 'csv' data set
       (see `csv_tables`); CSV_FIELDS, an error for any other data set.
@@ -43,6 +44,9 @@ class DataConfig:
       ignores it (pixel / 255). FederatedData.preprocessing reports the result.
     feature_ranges: csv with scaling 'public_ranges': one (column, low, high)
       per numeric column, in the column's units.
+
+  A field the data set would not read (CSV_FIELDS, `unread_fields`) must keep
+  its default: `load` refuses it rather than ignore it.
   """
   dataset: str
   data_dir: str | None = None
@@ -78,6 +82,43 @@ CSV_FIELDS = ('feature_ranges', 'csv_files', 'label_column', 'categorical_column
               'feature_columns', 'drop_columns', 'id_columns', 'positive_label', 'missing',
               'csv_encoding')
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+# Data sets whose hospitals are simulated from one pool.
+SIMULATED = ('breast_cancer',) + medmnist.NAMES
+
+
+def unread_fields(config: DataConfig) -> dict[str, str]:
+  """{field: why `config`'s data set ignores it} for the simulation and split
+  fields (num_hospitals, partition, dirichlet_alpha, profile_features,
+  test_fraction) that `load` would not read; the CSV_FIELDS are checked apart."""
+  unread = {}
+  dataset = f'not data.dataset={config.dataset}'
+  if config.dataset not in SIMULATED:
+    given = 'one hospital per CSV file' if config.dataset == 'csv' else 'its own hospitals'
+    for field in ('num_hospitals', 'partition', 'dirichlet_alpha', 'profile_features'):
+      unread[field] = (f'applies to simulated hospitals ({", ".join(SIMULATED)}), {dataset} '
+                       f'({given})')
+  else:
+    if config.partition != 'dirichlet':
+      unread['dirichlet_alpha'] = (f'applies to data.partition=dirichlet only, not '
+                                   f'data.partition={config.partition}')
+    if config.dataset != 'breast_cancer':
+      unread['profile_features'] = (f'applies to data.dataset=breast_cancer only, {dataset} '
+                                    '(images are shifted in brightness)')
+    elif config.partition != 'profiles':
+      unread['profile_features'] = (f'applies to data.partition=profiles only, not '
+                                    f'data.partition={config.partition}')
+  if config.dataset == 'heart_disease':
+    unread['test_fraction'] = (f'applies to breast_cancer and csv, {dataset} (FLamby\'s '
+                               'fixed 0.34)')
+  elif config.dataset in medmnist.NAMES:
+    unread['test_fraction'] = (f'applies to breast_cancer and csv, {dataset} (MedMNIST\'s '
+                               'official test set)')
+  return unread
+
+
+def _field_text(value) -> str:
+  """A field's value as its flag would be written (`a,b` for a tuple)."""
+  return ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def load(config: DataConfig) -> FederatedData:
@@ -88,6 +129,10 @@ def load(config: DataConfig) -> FederatedData:
       if getattr(config, field) != _DEFAULTS[field]:
         raise DataError(f'data.{field}: applies to the csv data set only, not '
                         f'{config.dataset!r}')
+  for field, reason in unread_fields(config).items():
+    if getattr(config, field) != _DEFAULTS[field]:
+      raise DataError(f'data.{field}={_field_text(getattr(config, field))} {reason}: it '
+                      'would be ignored; leave it out')
   if config.dataset == 'heart_disease':
     return heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling)
   if config.dataset == 'breast_cancer':

@@ -23,6 +23,11 @@ class ModelConfig:
   dropout: float = 0.0
 
 
+# The models that read each ModelConfig field besides `name`; given a value other
+# than its default, a field another model would ignore is an error.
+READ_BY = {'hidden_units': ('mlp',), 'dropout': ('mlp', 'cnn')}
+
+
 def build_keras_model(config: ModelConfig, feature_shape: Sequence[int],
                       seed: int = 0) -> tf.keras.Model:
   """A fresh, uncompiled Keras model with deterministic initial weights."""
@@ -30,6 +35,15 @@ def build_keras_model(config: ModelConfig, feature_shape: Sequence[int],
     raise ValueError(f'--model={config.name!r}: choose one of {MODELS}')
   if not 0.0 <= config.dropout < 1.0:
     raise ValueError(f'--dropout={config.dropout}: must be in [0, 1)')
+  for field, models in READ_BY.items():
+    value = getattr(config, field)
+    if isinstance(value, list):  # summary.json records the tuple as a list.
+      value = tuple(value)
+    if config.name not in models and value != getattr(ModelConfig, field):
+      value = ','.join(map(str, value)) if isinstance(value, tuple) else value
+      raise ValueError(f'--{field}={value} applies to '
+                       f'{" and ".join("--model=" + m for m in models)} only, not '
+                       f'--model={config.name}: it would be ignored; leave it out')
   init = lambda k: tf.keras.initializers.GlorotUniform(seed=seed * 100 + k)
   inputs = tf.keras.Input(shape=tuple(feature_shape))
   x = inputs
