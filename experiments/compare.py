@@ -37,6 +37,7 @@ def main(argv):
   try:
     experiment_flags.check_output_dir(output_dir)
     experiment_flags.refuse_flags(('algorithm',), 'it trains each of --algorithms')
+    experiment_flags.check_algorithm_flags(_ALGORITHMS.value, '--algorithms')
     inputs = experiment_flags.load_inputs_per_seed(_SEEDS.value)
     settings = {a: experiment_flags.train_config(a) for a in _ALGORITHMS.value}
     planned = grid.plan_grid(settings, inputs)

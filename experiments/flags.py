@@ -29,6 +29,7 @@ from tff_med import run_state
 from tff_med.algorithms import ALGORITHMS, BASELINES, CLIENT_WEIGHTINGS, AlgorithmConfig
 from tff_med.config import TrainConfig
 from tff_med.models import MODELS, ModelConfig, build_keras_model
+from tff_med.models.keras_models import READ_BY
 from tff_med import personalization
 from tff_med.privacy import dp_account
 from tff_med.secure_agg import config as secure_agg_config
@@ -59,7 +60,7 @@ SERVER_LR_DEFAULTS = {'fedavg': 1.0, 'fedprox': 1.0, 'fedadam': 0.05, 'fedyogi':
 _COMMON_DEFAULTS = {'num_hospitals': 3, 'partition': 'profiles',
                     'client_weighting': 'num_examples', 'l2_norm_clip': 1.0}
 # Data sets whose hospitals are simulated (num_hospitals, partition apply).
-_SIMULATED = ('breast_cancer', 'breastmnist', 'pneumoniamnist')
+_SIMULATED = data_lib.SIMULATED
 
 
 def _depends(name: str, datasets=tuple(DATASET_DEFAULTS)) -> str:
@@ -86,10 +87,11 @@ flags.DEFINE_enum('partition', None, ['iid', 'dirichlet', 'profiles'],
                   'skew; profiles (children\'s, general, oncology hospitals with their '
                   'own disease prevalence and shifted features). '
                   + _depends('partition', _SIMULATED))
-flags.DEFINE_float('dirichlet_alpha', 0.5, 'Concentration of the Dirichlet label skew; '
-                   'smaller is more skewed.')
-flags.DEFINE_list('profile_features', [], 'Feature names shifted by hospital profiles '
-                  '(default: the dataset\'s size features; images: brightness).')
+flags.DEFINE_float('dirichlet_alpha', 0.5, 'With --partition=dirichlet: concentration of '
+                   'the Dirichlet label skew; smaller is more skewed.')
+flags.DEFINE_list('profile_features', [], 'For --dataset=breast_cancer --partition=profiles: '
+                  'feature names shifted by hospital profiles (default: the size features; '
+                  'MedMNIST images are shifted in brightness).')
 flags.DEFINE_list('csv_files', [], 'For --dataset=csv: one CSV file per hospital; the '
                   'file name (without .csv) names the hospital.')
 flags.DEFINE_string('label_column', 'label', 'For --dataset=csv: the outcome column, 0/1 '
@@ -118,12 +120,14 @@ flags.DEFINE_enum('scaling', None, ['zscore', 'public_ranges'], 'Scaling of tabl
 flags.DEFINE_list('feature_ranges', [], 'For --dataset=csv --scaling=public_ranges: '
                   'COLUMN:LOW:HIGH for every numeric column, declared from public '
                   'knowledge (never computed from the files), e.g. age:18:100,bp:50:250.')
-flags.DEFINE_float('test_fraction', 0.34, 'Share of each hospital\'s records held out '
-                   'for its test set (heart_disease: FLamby\'s 0.34, fixed).')
+flags.DEFINE_float('test_fraction', 0.34, 'For breast_cancer and csv: share of each '
+                   'hospital\'s records held out for its test set (heart_disease keeps '
+                   'FLamby\'s 0.34; MedMNIST uses its official test set).')
 flags.DEFINE_enum('model', None, MODELS, 'logreg (FLamby\'s baseline), mlp for tables, '
                   'cnn for 28x28 images. ' + _depends('model'))
-flags.DEFINE_list('hidden_units', ['64', '32'], 'MLP hidden layer widths.')
-flags.DEFINE_float('dropout', 0.0, 'Dropout rate after hidden layers (mlp, cnn), in [0, 1).')
+flags.DEFINE_list('hidden_units', ['64', '32'], 'With --model=mlp: hidden layer widths.')
+flags.DEFINE_float('dropout', 0.0, 'With --model=mlp or cnn: dropout rate after the hidden '
+                   'layers (cnn: after its pooling), in [0, 1).')
 flags.DEFINE_enum('algorithm', 'fedavg', ALGORITHMS, 'Federated algorithm, or a baseline: '
                   'local (each hospital alone) or pooled (centralised on all records).')
 flags.DEFINE_integer('rounds', None, 'Federated rounds (baselines: blocks of '
@@ -140,11 +144,13 @@ flags.DEFINE_integer('local_epochs', None, 'Passes over a hospital\'s records pe
 flags.DEFINE_integer('batch_size', None, 'Records per SGD step. ' + _depends('batch_size'))
 flags.DEFINE_float('client_lr', None, 'SGD step size on each hospital (and for the '
                    'baselines). ' + _depends('client_lr'))
-flags.DEFINE_float('server_lr', None, 'Server optimiser step size (1.0 with FedAvg/FedProx: '
-                   'the plain average). Default: ' + ', '.join(
+flags.DEFINE_float('server_lr', None, 'Federated algorithms (not local, pooled): server '
+                   'optimiser step size (1.0 with FedAvg/FedProx: the plain average). '
+                   'Default: ' + ', '.join(
                        f'{a} {lr}' for a, lr in SERVER_LR_DEFAULTS.items()
                        if a not in BASELINES) + '.')
-flags.DEFINE_float('fedprox_mu', 0.01, 'FedProx proximal strength (unitless).')
+flags.DEFINE_float('fedprox_mu', 0.01, 'With --algorithm=fedprox: proximal strength '
+                   '(unitless).')
 flags.DEFINE_enum('client_weighting', None, list(CLIENT_WEIGHTINGS), 'Weight of a '
                   'hospital\'s update in the average: its number of training records, or '
                   'uniform (hospitals count equally). ' + _depends('client_weighting'))
@@ -234,7 +240,7 @@ def data_config(seed: int | None = None) -> data_lib.DataConfig:
   if FLAGS.scaling and FLAGS.dataset in ('breastmnist', 'pneumoniamnist'):
     raise ValueError(f'--scaling={FLAGS.scaling} applies to tables; {FLAGS.dataset} images '
                      'are always scaled as pixel / 255')
-  return data_lib.DataConfig(
+  config = data_lib.DataConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
       num_hospitals=_flag_or_default('num_hospitals'),
       partition=_flag_or_default('partition'), dirichlet_alpha=FLAGS.dirichlet_alpha,
@@ -246,6 +252,25 @@ def data_config(seed: int | None = None) -> data_lib.DataConfig:
       test_fraction=FLAGS.test_fraction, seed=FLAGS.seed if seed is None else seed,
       scaling=FLAGS.scaling or ('public_ranges' if FLAGS.dp != 'none' else 'zscore'),
       feature_ranges=_feature_ranges())
+  # A flag the data set would not read is an error even at its default value (the
+  # library's own check sees values other than the default only).
+  for field, reason in data_lib.unread_fields(config).items():
+    _refuse_present(FIELD_FLAGS[f'data.{field}'][2:], reason)
+  return config
+
+
+def _flag_text(name: str) -> str:
+  """`--NAME=VALUE` as given (a list flag's items joined by commas)."""
+  value = FLAGS[name].value
+  return f'--{name}=' + (','.join(value) if isinstance(value, list) else str(value))
+
+
+def _refuse_present(name: str, reason: str) -> None:
+  """ValueError when flag `name` is given: `reason` says why the run ignores it
+  (config fields in it are named by their flags)."""
+  if FLAGS[name].present:
+    raise ValueError(flag_message(f'{_flag_text(name)} {reason}: it would be ignored; '
+                                  'leave it out'))
 
 
 def _feature_ranges() -> tuple[tuple[str, float, float], ...]:
@@ -269,8 +294,12 @@ def model_config() -> ModelConfig:
   except ValueError as e:
     raise ValueError(f'--hidden_units={",".join(FLAGS.hidden_units)}: '
                      'expected integers, e.g. 64,32') from e
-  return ModelConfig(name=_flag_or_default('model'), hidden_units=hidden_units,
-                     dropout=FLAGS.dropout)
+  name = _flag_or_default('model')
+  for flag, models in READ_BY.items():
+    if name not in models:
+      _refuse_present(flag, f'applies to {" and ".join("--model=" + m for m in models)} '
+                            f'only, not --model={name}')
+  return ModelConfig(name=name, hidden_units=hidden_units, dropout=FLAGS.dropout)
 
 
 def train_config(algorithm: str | None = None, seed: int | None = None,
@@ -278,15 +307,23 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
                  secure_agg: str | None = None, secagg_bits: int | None = None
                  ) -> TrainConfig:
   """The TrainConfig the flags describe (`algorithm`, `seed`, `privacy`, the
-  secure-aggregation mode `secure_agg` and `secagg_bits` override the flags)."""
+  secure-aggregation mode `secure_agg` and `secagg_bits` override the flags).
+
+  --fedprox_mu reaches FedProx runs only and --server_lr federated runs only (a
+  grid binary passes them to the runs that read them); without `algorithm`, one
+  of them that --algorithm would ignore is an error."""
+  if algorithm is None:
+    check_algorithm_flags([FLAGS.algorithm])
   algorithm = algorithm or FLAGS.algorithm
   if secure_agg is None:
     _check_unused(SECURE_AGG_FLAGS, 'secure_agg')
-  server_lr = (FLAGS.server_lr if FLAGS.server_lr is not None
-               else SERVER_LR_DEFAULTS.get(algorithm, 1.0))
+  _check_unused(PERSONALIZE_FLAGS, 'personalize')
+  server_lr = (FLAGS.server_lr if FLAGS.server_lr is not None and algorithm not in BASELINES
+               else SERVER_LR_DEFAULTS.get(algorithm, AlgorithmConfig.server_lr))
+  fedprox_mu = FLAGS.fedprox_mu if algorithm == 'fedprox' else AlgorithmConfig.fedprox_mu
   return TrainConfig(
       algorithm=AlgorithmConfig(name=algorithm, client_lr=_flag_or_default('client_lr'),
-                                server_lr=server_lr, fedprox_mu=FLAGS.fedprox_mu,
+                                server_lr=server_lr, fedprox_mu=fedprox_mu,
                                 client_weighting=_flag_or_default('client_weighting')),
       rounds=_flag_or_default('rounds'), clients_per_round=FLAGS.clients_per_round,
       min_clients=FLAGS.min_clients, dropouts=FLAGS.simulate_dropouts,
@@ -304,11 +341,24 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
           method=FLAGS.personalize, epochs=FLAGS.personalize_epochs, lr=FLAGS.personalize_lr))
 
 
-# Flags that apply only with --dp=record or --dp=client, and only with a secure
-# aggregation: given without them, even at their default value, they are an error.
+def check_algorithm_flags(algorithms, flag: str = '--algorithm') -> None:
+  """ValueError when --fedprox_mu or --server_lr is given but none of the runs'
+  `algorithms` (listed by flag `flag`) reads it."""
+  runs = f'not {flag}={",".join(algorithms)}'
+  if 'fedprox' not in algorithms:
+    _refuse_present('fedprox_mu', f'applies to --algorithm=fedprox only, {runs}')
+  if all(a in BASELINES for a in algorithms):
+    _refuse_present('server_lr', f'applies to the federated algorithms only, {runs} (a '
+                                 'baseline has no server optimiser)')
+
+
+# Flags that apply only with --dp=record or --dp=client, only with a secure
+# aggregation, and only with --personalize=finetune: given without them, even at
+# their default value, they are an error.
 PRIVACY_FLAGS = ('noise_multiplier', 'target_epsilon', 'target_delta', 'l2_norm_clip',
                  'max_epsilon', 'accountant', 'dp_clipping', 'dp_schedule', 'dp_every')
 SECURE_AGG_FLAGS = ('secagg_bits', 'secagg_clip', 'secagg_threshold', 'secagg_colluders')
+PERSONALIZE_FLAGS = ('personalize_epochs', 'personalize_lr')
 
 
 def _check_unused(names, mode_flag: str) -> None:

@@ -1,4 +1,4 @@
-"""Scores new patients with a trained model.
+r"""Scores new patients with a trained model.
 
     python -m experiments.predict --model_dir=RUN/saved_model[/HOSPITAL] \
         --csv=new_patients.csv --output=scores.csv

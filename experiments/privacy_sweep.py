@@ -1,4 +1,4 @@
-"""Accuracy and AUC against the privacy budget epsilon, with reference lines.
+r"""Accuracy and AUC against the privacy budget epsilon, with reference lines.
 
     python -m experiments.privacy_sweep --dataset=heart_disease --dp=record \
         --epsilons=0.5,1,2,4,8,inf --seeds=3 --data_dir=../shared/data

@@ -1,4 +1,4 @@
-"""Benchmark: accuracy, bytes per hospital per round and round time of secure
+r"""Benchmark: accuracy, bytes per hospital per round and round time of secure
 aggregation against the bit width, next to plain FedAvg.
 
     python -m experiments.secure_agg_cost --dataset=heart_disease --data_dir=../shared/data \

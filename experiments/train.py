@@ -1,4 +1,4 @@
-"""Trains one federated algorithm or baseline and writes its outputs.
+r"""Trains one federated algorithm or baseline and writes its outputs.
 
     python -m experiments.train --dataset=heart_disease --algorithm=fedadam \
         --data_dir=../shared/data --output_dir=runs/heart_fedadam
