@@ -457,7 +457,7 @@ def test_a_finished_folder_is_never_shared_by_two_runs(finished_run, tmp_path):
   copy = str(tmp_path / 'copy')
   shutil.copytree(finished_run, copy)
   shutil.rmtree(os.path.join(copy, 'program_state'))
-  os.remove(os.path.join(copy, 'rounds.jsonl'))
+  os.remove(os.path.join(copy, 'audit_log.jsonl'))
   result = _binary('train', *RUN, f'--output_dir={copy}')
   assert result.returncode != 0
   assert result.stderr.startswith('error: ') and 'outputs of an earlier run' in result.stderr

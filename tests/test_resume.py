@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tff_med import serving
+from tff_med import audit_log, serving
 
 ROUNDS = 8
 MASKING = ['--secure_agg=masking', '--simulate_dropouts=1']
@@ -84,10 +84,10 @@ def _cut(data_dir, output_dir, extra, signum, at_round):
 
 
 def _rounds_log(output_dir):
-  with open(os.path.join(output_dir, 'rounds.jsonl')) as f:
+  with open(os.path.join(output_dir, 'audit_log.jsonl')) as f:
     lines = [json.loads(line) for line in f]
-  return ([l['round'] for l in lines if 'round' in l],
-          [(l['event'], l['after_round']) for l in lines if 'event' in l])
+  return ([l['round'] for l in lines if l['event'] == 'round'],
+          [(l['event'], l['after_round']) for l in lines if 'after_round' in l])
 
 
 def _weights(output_dir):
@@ -120,6 +120,8 @@ def test_masking_run_cut_and_rerun_ends_with_the_uninterrupted_weights(
   assert rounds == list(range(1, ROUNDS + 1))  # None trained twice, none skipped.
   assert events[0] == ('started', 0) and events[-1] == ('completed', ROUNDS)
   assert ('resumed', at_round) in events or ('resumed', at_round - 1) in events
+  # One audit chain across both sessions, ending at the head summary.json records.
+  assert audit_log.verify_run(str(tmp_path))['head'] == summary['audit_log_sha256']
   reference_dir, reference = references['masking']
   assert summary['dropouts'] == reference['dropouts'] == ROUNDS
   for got, want in zip(_weights(tmp_path), _weights(reference_dir)):
@@ -135,6 +137,8 @@ def test_record_dp_run_killed_and_rerun_continues_the_same_ledger(data_dir, tmp_
   rounds, events = _rounds_log(tmp_path)
   assert rounds == list(range(1, ROUNDS + 1))
   assert [e for e, _ in events] == ['started', 'resumed', 'completed']
+  verified = audit_log.verify_run(str(tmp_path))  # Every epsilon recomputed from the log.
+  assert verified['epsilons_checked'] == ROUNDS * 4 and verified['models_checked'] == 1
   got, want = summary['privacy']['per_hospital'], reference['privacy']['per_hospital']
   assert {h: v['steps'] for h, v in got.items()} == {h: v['steps'] for h, v in want.items()}
   for h in want:

@@ -15,7 +15,7 @@ was false with the new loop, demonstrated on toy data.
   then never sends", yet its training loss, accuracy and AUC are summed into
   the round's released training statistics (runs without DP only: under DP no
   statistic is computed).
-- D: program state behind rounds.jsonl (its newest version, or the whole
+- D: program state behind the audit log (its newest version, or the whole
   folder, deleted) was resumed or restarted silently: rounds already released
   were trained again with fresh noise and charged once, and their new
   releases were dropped as duplicates.
@@ -145,7 +145,7 @@ def test_c_a_hospital_that_drops_out_under_masking_sends_no_training_statistics(
 @pytest.mark.parametrize('deleted', ['program_state/program_state_3', 'program_state'])
 def test_d_state_behind_the_audit_of_released_rounds_is_refused(tmp_path, deleted):
   """A finished record-level run; its newest program state (or all of it) is
-  deleted, then the same command runs again. Rounds that rounds.jsonl shows as
+  deleted, then the same command runs again. Rounds that the audit log shows as
   released would be trained again with fresh noise and charged once more only
   in a ledger that forgot them: refuse, naming the rounds, unless overwrite."""
   data = _data()
@@ -154,7 +154,7 @@ def test_d_state_behind_the_audit_of_released_rounds_is_refused(tmp_path, delete
   recorded = lambda: _Recorder(training.build_plan(data, _keras, config, log=_quiet), runs)
   training.run(data, _keras, config, str(tmp_path), plan=recorded(), log=_quiet)
   shutil.rmtree(tmp_path / deleted)
-  with pytest.raises(ValueError, match='rounds.jsonl'):
+  with pytest.raises(ValueError, match='audit_log.jsonl shows round 3 released'):
     training.run(data, _keras, config, str(tmp_path), plan=recorded(), log=_quiet)
   assert [r for r, _, _ in runs] == [1, 2, 3]  # Nothing trained again.
   summary = training.run(data, _keras, config, str(tmp_path), log=_quiet, overwrite=True)

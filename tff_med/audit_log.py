@@ -21,13 +21,18 @@ log; hashing and signing are hashlib's and the `cryptography` package's.
 import datetime
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+import dp_accounting
+import numpy as np
+import tensorflow as tf
 
 from tff_med.outputs import json_safe
+from tff_med.privacy import accounting
 
 LOG_FILE = 'audit_log.jsonl'
 SIGNATURE_FILE = 'audit_log.sig'
@@ -109,9 +114,7 @@ def verify_chain(path: str, expected_head: str | None = None) -> list[dict]:
   return entries
 
 
-def sign_head(head: str, key_path: str, output_dir: str) -> str:
-  """Signs `head` with the Ed25519 private key (PEM, unencrypted) at `key_path`;
-  writes audit_log.sig; returns the public key (hex)."""
+def _private_key(key_path: str) -> ed25519.Ed25519PrivateKey:
   try:
     with open(key_path, 'rb') as f:
       key = serialization.load_pem_private_key(f.read(), password=None)
@@ -120,8 +123,20 @@ def sign_head(head: str, key_path: str, output_dir: str) -> str:
                      f'({e})') from None
   if not isinstance(key, ed25519.Ed25519PrivateKey):
     raise ValueError(f'audit_key={key_path}: not an Ed25519 key')
-  public = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                         serialization.PublicFormat.Raw).hex()
+  return key
+
+
+def public_key(key_path: str) -> str:
+  """The public key (hex) of the Ed25519 private key at `key_path`; ValueError
+  naming `audit_key` when it cannot be read."""
+  return _private_key(key_path).public_key().public_bytes(
+      serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def sign_head(head: str, key_path: str, output_dir: str) -> str:
+  """Signs `head` with the Ed25519 private key (PEM, unencrypted) at `key_path`;
+  writes audit_log.sig; returns the public key (hex)."""
+  key, public = _private_key(key_path), public_key(key_path)
   with open(os.path.join(output_dir, SIGNATURE_FILE), 'w') as f:
     json.dump({'head': head, 'signature': key.sign(bytes.fromhex(head)).hex(),
                'public_key': public}, f, indent=2)
@@ -161,3 +176,96 @@ def new_key(path: str) -> str:
                               serialization.NoEncryption()))
   return key.public_key().public_bytes(serialization.Encoding.Raw,
                                        serialization.PublicFormat.Raw).hex()
+
+
+def weights_sha256(arrays) -> str:
+  """SHA-256 over model weights [arrays] (trainable then non-trainable, each as
+  float32 C-order bytes with its shape): equal weights, equal hash."""
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(np.asarray(array, np.float32))
+    digest.update(str(array.shape).encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def keras_weights_sha256(model: tf.keras.Model) -> str:
+  return weights_sha256([w.numpy() for w in model.trainable_weights + model.non_trainable_weights])
+
+
+def _merge(counted: dict, added: dict) -> None:
+  """Adds `added` ({view: {unit: [[event_json, count]]}}) into `counted` in place."""
+  for view, units in added.items():
+    for unit, events in units.items():
+      total = counted.setdefault(view, {}).setdefault(unit, [])
+      for event, count in events:
+        for pair in total:
+          if pair[0] == event:
+            pair[1] += count
+            break
+        else:
+          total.append([event, count])
+
+
+def _close(a, b) -> bool:
+  if a in ('inf', None) or b in ('inf', None):
+    return a == b
+  return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def verify_run(run_dir: str, public_key: str | None = None) -> dict:
+  """Re-checks a run's audit log: the chain and its head against summary.json,
+  the signature (if audit_log.sig exists, or `public_key` is given), every
+  logged epsilon against dp_accounting run on the DP events logged up to it,
+  and each saved model's weights against the hash logged for the last round.
+
+  Returns {'entries', 'head', 'epsilons_checked', 'models_checked', 'signed_by'}.
+  Raises:
+    AuditLogError: naming the first line or file at fault.
+  """
+  path = os.path.join(run_dir, LOG_FILE)
+  if not os.path.isfile(path):
+    raise AuditLogError(f'{run_dir}: no {LOG_FILE}')
+  summary_path = os.path.join(run_dir, 'summary.json')
+  head = None
+  if os.path.isfile(summary_path):
+    with open(summary_path) as f:
+      head = json.load(f).get('audit_log_sha256')
+  entries = verify_chain(path, expected_head=head)
+  head = head or (line_hash(_last_line(path)) if entries else GENESIS)
+  signed_by = None
+  if public_key or os.path.exists(os.path.join(run_dir, SIGNATURE_FILE)):
+    if not os.path.exists(os.path.join(run_dir, SIGNATURE_FILE)):
+      raise AuditLogError(f'{run_dir}: no {SIGNATURE_FILE}, but a signature by '
+                          f'{public_key[:16]}... was expected')
+    signed_by = check_signature(run_dir, head, public_key)
+  counted, checked, last_models, models_checked = {}, 0, None, 0
+  for number, entry in enumerate(entries, start=1):
+    where = f'{path}, line {number}'
+    _merge(counted, entry.get('dp_events', {}))
+    for view, units in entry.get('epsilon', {}).items():
+      for unit, logged in units.items():
+        events = [dp_accounting.SelfComposedDpEvent(accounting.event_from_json(e), n)
+                  for e, n in counted.get(view, {}).get(unit, [])]
+        recomputed = json_safe(accounting.epsilon(events, entry['delta'], entry['accountant']))
+        if not _close(logged, recomputed):
+          raise AuditLogError(f'{where}: epsilon of {unit} against {view} is logged as '
+                              f'{logged}, but the logged DP events give {recomputed}')
+        checked += 1
+    if entry['event'] == 'round':
+      last_models = entry.get('model_sha256')
+    if entry['event'] == 'model_saved':
+      if last_models is None or entry['model_sha256'] != last_models.get(
+          entry.get('model') or 'global'):
+        raise AuditLogError(f'{where}: the saved model\'s hash is not the last round\'s')
+      model = tf.keras.models.load_model(os.path.join(run_dir, entry['path']), compile=False)
+      if keras_weights_sha256(model) != entry['model_sha256']:
+        raise AuditLogError(f'{where}: {entry["path"]} holds other weights than logged')
+      models_checked += 1
+  return {'entries': len(entries), 'head': head, 'epsilons_checked': checked,
+          'models_checked': models_checked, 'signed_by': signed_by}
+
+
+def _last_line(path: str) -> str:
+  with open(path) as f:
+    return f.read().splitlines()[-1]

@@ -85,16 +85,21 @@ class RunOutputs:
     serving.export(model, schema, os.path.join(path, hospital) if hospital else path,
                    self._data.preprocessing)
 
-  def save_models(self, models: dict[str, tf.keras.Model]) -> None:
-    """Exports a plan's models: {'global': model} to saved_model/ (or, where
-    preprocessing is per hospital, to saved_model/HOSPITAL/ for every
-    hospital); per-hospital models to saved_model/HOSPITAL/."""
-    if set(models) == {'global'}:
-      for hospital in [None] if self.shared_schema else self._data.hospitals:
-        self.save_model(models['global'], hospital)
-    else:
-      for hospital, model in models.items():
+  def save_models(self, models: dict[str, tf.keras.Model]) -> list[tuple[str, str]]:
+    """Exports a plan's models (`RoundPlan.models`): a hospital's own model to
+    saved_model/HOSPITAL/; a model of all hospitals ('global', 'pooled') to
+    saved_model/, or, where preprocessing is per hospital, to
+    saved_model/HOSPITAL/ for every hospital. Returns (model name, folder
+    relative to the output folder) per export."""
+    saved = []
+    for name, model in models.items():
+      own = name in self._data.schemas
+      for hospital in ([name] if own else
+                       [None] if self.shared_schema else self._data.hospitals):
         self.save_model(model, hospital)
+        saved.append((name, 'saved_model' if hospital is None
+                      else os.path.join('saved_model', hospital)))
+    return saved
 
   def write_summary(self, summary: dict) -> None:
     write_json(self.summary_path, summary)

@@ -1,4 +1,4 @@
-"""What lets a run continue where it stopped: program state and the audit of rounds.
+"""What lets a run continue where it stopped: program state and the audit log.
 
 Under `output_dir`:
 
@@ -14,13 +14,15 @@ Under `output_dir`:
                                     (personalisation: its DP charge, saved
                                     before it runs, and its result)
     program_state/run.json          the config and data fingerprint it belongs to
-    rounds.jsonl                    one line per round and per session event
-                                    (started, resumed, interrupted, completed,
-                                    personalization_charged, personalized)
+    audit_log.jsonl                 the hash-chained audit log (`tff_med.audit_log`):
+                                    one entry per session event (started,
+                                    resumed, interrupted, completed,
+                                    personalization_charged, personalized),
+                                    per round, per release and per saved model
 
 program_state/ is the server's own state: it is not a release (its file times
 show when each round ended). A round's state is saved before anything of the
-round is released, so a folder whose rounds.jsonl shows a round beyond its
+round is released, so a folder whose audit log shows a round beyond its
 saved state lost state (the ledger with it): it is refused.
 """
 
@@ -35,11 +37,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med import audit_log
 from tff_med.data.federated_data import FederatedData
 from tff_med.outputs import TENSORBOARD_DIR, json_safe
 
 STATE_DIR = 'program_state'
-AUDIT_FILE = 'rounds.jsonl'
+AUDIT_FILE = audit_log.LOG_FILE
 # Everything a run writes under its folder (what overwrite=True deletes).
 OUTPUTS = (STATE_DIR, AUDIT_FILE, 'summary.json', 'metrics.csv', 'tensorboard', 'saved_model',
            'personalized_model')
@@ -57,6 +60,21 @@ def _membership_audit_outputs(output_dir: str) -> list[str]:
   """The paths of MEMBERSHIP_AUDIT_OUTPUTS in `output_dir`."""
   return sorted(path for pattern in MEMBERSHIP_AUDIT_OUTPUTS
                 for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)))
+
+
+def hospital_fingerprints(data: FederatedData) -> dict[str, dict]:
+  """Per hospital: sha256 over its train/test arrays, and their row and feature
+  counts (what the audit log records of the data: never a record)."""
+  fingerprints = {}
+  for hospital in data.hospitals:
+    digest = hashlib.sha256()
+    for array in (*data.train_arrays(hospital), *data.test[hospital]):
+      digest.update(np.ascontiguousarray(array).tobytes())
+    fingerprints[hospital] = {'sha256': digest.hexdigest(),
+                              'train_rows': data.num_train(hospital),
+                              'test_rows': len(data.test[hospital][1]),
+                              'feature_shape': list(data.feature_shape)}
+  return fingerprints
 
 
 def data_fingerprint(data: FederatedData) -> str:
@@ -110,7 +128,6 @@ class RunState:
                overwrite: bool = False):
     self.output_dir = output_dir
     self._dir = os.path.join(output_dir, STATE_DIR)
-    self._audit_path = os.path.join(output_dir, AUDIT_FILE)
     identity_path = os.path.join(self._dir, 'run.json')
     if overwrite:
       audits = _membership_audit_outputs(output_dir)
@@ -121,6 +138,11 @@ class RunState:
           os.remove(path)
     self._manager = tff.program.FileProgramStateManager(self._dir, keep_total=2,
                                                         keep_first=False)
+    try:  # Continues the chain already there; refuses a broken one.
+      self._log = audit_log.AuditLog(os.path.join(output_dir, AUDIT_FILE))
+    except audit_log.AuditLogError as e:
+      raise FolderError(f'{e}: the audit log was edited; start again (overwrite=True) or '
+                        'choose another output_dir') from None
     identity = json.loads(json.dumps(json_safe(identity)))
     versions = asyncio.run(self._manager.get_versions()) or []
     self.saved_round = max(versions) if versions else 0
@@ -131,7 +153,7 @@ class RunState:
     released = max(self.audited_rounds(), default=0)
     if released > self.saved_round:  # State is saved before its round is released.
       raise FolderError(
-          f'{output_dir}: rounds.jsonl shows round {released} released, but program_state/ '
+          f'{output_dir}: {AUDIT_FILE} shows round {released} released, but program_state/ '
           f'holds {f"round {self.saved_round}" if self.saved_round else "no state"} (deleted?): '
           'continuing would train released rounds again with fresh noise, and a ledger that '
           'forgot them would charge them once. Start again (overwrite=True) or choose '
@@ -172,12 +194,13 @@ class RunState:
     self.save(self.saved_round + 1, state, extras)
 
   def audited_rounds(self) -> set[int]:
-    """Rounds rounds.jsonl already holds."""
-    if not os.path.exists(self._audit_path):
-      return set()
-    with open(self._audit_path) as f:
-      return {line['round'] for line in map(json.loads, f) if 'event' not in line}
+    """Rounds the audit log already holds."""
+    return {entry['round'] for entry in self._log.entries() if entry['event'] == 'round'}
 
-  def audit(self, line: dict) -> None:
-    with open(self._audit_path, 'a') as f:
-      f.write(json.dumps(json_safe(line)) + '\n')
+  def audit(self, event: str, **payload) -> str:
+    """Appends an entry to the audit log; returns its head (`AuditLog.append`)."""
+    return self._log.append(event, **payload)
+
+  @property
+  def audit_head(self) -> str:
+    return self._log.head

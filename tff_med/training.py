@@ -21,21 +21,25 @@ end: their arrival times would time each round.
 """
 
 import dataclasses
+import hashlib
+import json
+import platform
 import signal
 import threading
 import time
 from collections.abc import Callable
+from importlib import metadata
 
 import numpy as np
 
-from tff_med import personalization, runtime
+from tff_med import audit_log, personalization, runtime
 from tff_med.config import TrainConfig
 from tff_med.data.federated_data import FederatedData
 from tff_med.mechanisms.plans import build_plan
 from tff_med.mechanisms.round_plan import Round, RoundPlan
 from tff_med.mechanisms.task import KerasModelFn
-from tff_med.outputs import RunOutputs
-from tff_med.run_state import RunState, data_fingerprint
+from tff_med.outputs import RunOutputs, json_safe
+from tff_med.run_state import RunState, data_fingerprint, hospital_fingerprints
 
 __all__ = ['TrainConfig', 'build_plan', 'run']
 
@@ -136,8 +140,8 @@ class _Loop:
 
 def _release(outputs: RunOutputs | None, state: RunState | None, pending: list,
              log: Callable[[str], None]) -> None:
-  """Releases pending (round, metrics, audit line, progress lines) not yet in
-  rounds.jsonl; call only once their rounds' state is saved."""
+  """Releases pending (round, metrics, audit entry, progress lines) not yet in
+  the audit log; call only once their rounds' state is saved."""
   done = state.audited_rounds() if state else set()
   for round_num, metrics, audit, lines in pending:
     if round_num in done:
@@ -145,16 +149,62 @@ def _release(outputs: RunOutputs | None, state: RunState | None, pending: list,
     if outputs:
       outputs.release(metrics, round_num)
     if state:
-      state.audit(audit)
+      state.audit('round', **audit)
+      if outputs:
+        state.audit('release', round=round_num, to=['tensorboard', 'metrics.csv'],
+                    metrics=sorted(_names(metrics)))
     for line in lines:
       log(line)
   pending.clear()
 
 
+def _names(metrics: dict, prefix: str = '') -> list[str]:
+  """The '/'-joined names of nested `metrics`' leaves."""
+  return [name for key, value in metrics.items()
+          for name in (_names(value, f'{prefix}{key}/') if isinstance(value, dict)
+                       else [f'{prefix}{key}'])]
+
+
+def _dp_entry(before: dict, after: dict) -> dict:
+  """The audit log's DP fields for what the ledger recorded between two
+  `RoundPlan.ledger()` readings: accountant, delta, the new events per
+  adversary and unit ([[event, count]]) and every unit's epsilon after them."""
+  if not after:
+    return {}
+  before, after = json_safe(before), json_safe(after)  # TFF's events hold numpy scalars.
+  added = {}
+  for view, units in after['events'].items():
+    for unit, counted in units.items():
+      old = {json.dumps(e, sort_keys=True): n for e, n in before['events'][view][unit]}
+      new = [[e, n - old.get(json.dumps(e, sort_keys=True), 0)] for e, n in counted]
+      new = [pair for pair in new if pair[1]]
+      if new:
+        added.setdefault(view, {})[unit] = new
+  return {'accountant': after['accountant'], 'delta': after['delta'], 'dp_events': added,
+          'epsilon': after['epsilon']}
+
+
+def _session_entry(config: TrainConfig, data: FederatedData, plan: RoundPlan) -> dict:
+  """What the audit log records at each session's start: the config and its
+  hash, software versions, each hospital's data fingerprint (a hash and counts,
+  never records) and the plan."""
+  config_json = json.dumps(json_safe(dataclasses.asdict(config)), sort_keys=True)
+  return {'config': json.loads(config_json),
+          'config_sha256': hashlib.sha256(config_json.encode()).hexdigest(),
+          'versions': {'python': platform.python_version(),
+                       **{package: metadata.version(package) for package in _PACKAGES}},
+          'data': {'name': data.name, 'hospitals': hospital_fingerprints(data)},
+          'plan': _plan_chain(plan)}
+
+
+_PACKAGES = ('tensorflow', 'tensorflow-federated', 'tensorflow-privacy', 'dp-accounting',
+             'numpy')
+
+
 def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         output_dir: str | None = None, *, aggregator=None, plan: RoundPlan | None = None,
         log: Callable[[str], None] = print, extra_summary: dict | None = None,
-        resume: bool = True, overwrite: bool = False) -> dict:
+        resume: bool = True, overwrite: bool = False, audit_key: str | None = None) -> dict:
   """Trains, evaluates and (with `output_dir`) writes outputs; returns the summary.
 
   Args:
@@ -162,7 +212,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     keras_model_fn: no-arg function returning a fresh uncompiled Keras model
       with one logit output, shape [B, 1]; same initial weights on every call.
     config: the run's settings.
-    output_dir: where TensorBoard events, metrics.csv, rounds.jsonl,
+    output_dir: where TensorBoard events, metrics.csv, audit_log.jsonl,
       program_state/, saved_model/ and summary.json go; None writes nothing
       (and cannot resume).
     aggregator: the user's `tff.aggregators` weighted factory for the hospitals'
@@ -174,10 +224,16 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     resume: continue from the state saved in `output_dir` (same config and data
       only); False refuses a folder that holds state.
     overwrite: delete the saved state and start again.
+    audit_key: an Ed25519 private key (PEM) that signs the audit log's head
+      (`tff_med.audit_log`); checked before training.
 
   Raises:
     ValueError: a field of `config` at fault, or a folder holding another run.
   """
+  if audit_key:
+    if not output_dir:
+      raise ValueError('audit_key signs the audit log of an output_dir; give one')
+    audit_log.public_key(audit_key)  # A bad key fails now, not after training.
   plan = plan or build_plan(data, keras_model_fn, config, aggregator, log)
   saved = (RunState(output_dir, {**dataclasses.asdict(config),
                                  'data': data_fingerprint(data),
@@ -193,8 +249,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     state, loop = _restore(plan, saved, initial_state, loop, rng, log)
     loop.sessions += 1
     if saved:
-      saved.audit({'event': 'resumed' if loop.round_num else 'started',
-                   'session': loop.sessions, 'after_round': loop.round_num})
+      saved.audit('resumed' if loop.round_num else 'started', session=loop.sessions,
+                  after_round=loop.round_num, **_session_entry(config, data, plan))
     _release(outputs, saved, loop.pending, log)  # What a cut run saved but never released.
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
@@ -221,20 +277,31 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     if last_round != loop.round_num:  # The last round ran no evaluation (or none ran).
       evaluation = plan.evaluate(state)
     if outputs and finished:  # An unfinished folder holds no model.
-      outputs.save_models(plan.models(state))
+      hashes = plan.model_hashes(state)
+      for name, path in outputs.save_models(plan.models(state)):
+        if saved:
+          saved.audit('model_saved', model=name, path=path, model_sha256=hashes[name])
     personal = None
     if finished and config.personalize.finetune_epochs:
+      ledger = [plan.ledger()]
+
       def checkpoint(record: dict, event: str) -> None:
         loop.personalized = record
         if saved:
           saved.save_after(state, loop.extras(plan))
-          saved.audit({'event': event, 'session': loop.sessions})
+          saved.audit(event, session=loop.sessions, **_dp_entry(ledger[0], plan.ledger()))
+          ledger[0] = plan.ledger()
       personal = personalization.personalize(plan, state, evaluation, loop.personalized,
                                               checkpoint, outputs, log)
     if saved:
-      saved.audit({'event': status, 'session': loop.sessions, 'after_round': loop.round_num})
+      saved.audit(status, session=loop.sessions, after_round=loop.round_num)
   summary = _merged(_summary(plan, config, data, evaluation, loop, status, extra_summary),
                     personal or {})
+  if saved:
+    summary['audit_log_sha256'] = saved.audit_head
+    if audit_key:
+      summary['audit_log_public_key'] = audit_log.sign_head(saved.audit_head, audit_key,
+                                                            output_dir)
   if outputs:
     outputs.write_summary(summary)
   return summary
@@ -274,6 +341,7 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
                                  f'{config.min_clients}')
   else:
     result = plan.run_round(state, round_)
+  ledger = plan.ledger()
   plan.account(round_, result)
   metrics = {'clients_in_round': len(cohort), 'reporting': len(round_.reporting),
              'applied': int(result.applied), **result.metrics,
@@ -283,9 +351,16 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
   if round_num % config.eval_every == 0 or round_num == config.rounds:
     evaluation = plan.evaluate(result.state)
     metrics['eval'] = _flat_eval(evaluation)
+  # Under a secret cohort the log holds no cohort, dropouts or bytes (written at the
+  # end with the other releases, its times tell nothing about a round either).
   audit = {'round': round_num, 'session': loop.sessions, 'applied': result.applied,
-           **({} if plan.hides_cohort else {'cohort': len(cohort),
-                                            'reporting': len(round_.reporting)})}
+           **({} if plan.hides_cohort else {
+               'cohort': list(cohort), 'reporting': list(round_.reporting),
+               'dropouts': sorted(dropped),
+               'bytes_per_client': metrics.get('aggregator', {}).get('bytes_per_client')}),
+           **({'note': result.note} if result.note else {}),
+           **_dp_entry(ledger, plan.ledger()),
+           'model_sha256': plan.model_hashes(result.state)}
   line, evaluated = progress.lines(round_num, metrics, result.note)
   held = [evaluated] if evaluated else []  # A function of the model: once it is saved.
   if plan.hides_cohort:

@@ -7,6 +7,7 @@ shuffled by the seed and the round. State: each model's weights."""
 import numpy as np
 import tensorflow as tf
 
+from tff_med.audit_log import keras_weights_sha256
 from tff_med.evaluation import evaluate, mean_over_hospitals
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
@@ -55,6 +56,9 @@ class BaselinePlan(RoundPlan):
     for name, model in self._models.items():
       model.set_weights(list(state[name]))
     return dict(self._models)
+
+  def model_hashes(self, state) -> dict[str, str]:
+    return {name: keras_weights_sha256(model) for name, model in self.models(state).items()}
 
   def summary(self) -> dict:
     updates = ('none leave a hospital: it is a baseline, all records pooled in one place'

@@ -38,6 +38,9 @@ class DpPlan(PlanWrapper):
     return {**self.inner.summary(), 'stopped_early': False,
             'privacy': {**self.dp.report(), 'released': self.dp.released()}}
 
+  def ledger(self) -> dict:
+    return self.dp.ledger()
+
   def checkpoint(self) -> dict:
     return {**self.inner.checkpoint(), 'ledger': self.dp.checkpoint()}
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med.audit_log import weights_sha256
 from tff_med.evaluation import evaluate
 
 
@@ -104,6 +105,16 @@ class RoundPlan(abc.ABC):
     """The round's metrics as they may be released (plus, e.g., epsilon so far)."""
     return metrics
 
+  def ledger(self) -> dict:
+    """The DP account for the audit log (`DpAccount.ledger`); {} without DP."""
+    return {}
+
+  def model_hashes(self, state: Any) -> dict[str, str]:
+    """Name (as `models`) -> SHA-256 of that model's weights in `state`
+    (`audit_log.weights_sha256` over trainable then non-trainable weights)."""
+    weights = self.get_model_weights(state)
+    return {'global': weights_sha256([*weights.trainable, *weights.non_trainable])}
+
   @property
   def secure_sums(self) -> bool:
     """True where the plan runs TFF secure sums (only TFF's test context runs them)."""
@@ -171,6 +182,12 @@ class PlanWrapper(RoundPlan):
 
   def releasable(self, metrics):
     return self.inner.releasable(metrics)
+
+  def ledger(self):
+    return self.inner.ledger()
+
+  def model_hashes(self, state):
+    return self.inner.model_hashes(state)
 
   @property
   def secure_sums(self):

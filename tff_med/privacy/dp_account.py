@@ -404,6 +404,16 @@ class DpAccount:
                  and self.is_noised(round_num) else int(self.config.level == 'client'))
         self.views[name].ledger.record(unit, unit_events[0], steps=steps)
 
+  def ledger(self) -> dict:
+    """What the audit log records of the account: 'accountant', 'delta', and per
+    adversary with a ledger, 'events' (unit -> [[event as JSON, count]]) and
+    'epsilon' (unit -> epsilon at delta over those events)."""
+    ledgers = {name: view.ledger for name, view in self.views.items() if view.ledger}
+    events = {name: ledger.checkpoint()['events'] for name, ledger in ledgers.items()}
+    return {'accountant': self.config.accountant, 'delta': self.delta, 'events': events,
+            'epsilon': {name: {unit: ledgers[name].epsilon(unit) for unit in units}
+                        for name, units in events.items()}}
+
   def checkpoint(self) -> dict:
     """Every adversary's ledger, as JSON (program state)."""
     return {name: view.ledger.checkpoint() for name, view in self.views.items() if view.ledger}
