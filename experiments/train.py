@@ -20,7 +20,7 @@ from absl import flags
 
 from experiments import flags as experiment_flags
 from tff_med import run_state
-from tff_med import training
+from tff_med import audit_log, training
 from tff_med.audit import run_audit
 from tff_med.data import DataError
 
@@ -28,6 +28,9 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where outputs go; default
                                   'runs/DATASET/ALGORITHM/seedSEED.')
 _AUDIT = flags.DEFINE_bool('audit', False, 'After training, run the membership-inference '
                            'audit of experiments.audit on the run (audit.json).')
+_AUDIT_KEY = flags.DEFINE_string('audit_key', None, 'Ed25519 private key (PEM) that signs the '
+                                 'head of the run\'s audit log (audit_log.sig); make one with '
+                                 'python -m experiments.verify_audit_log --new_key=PATH.')
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
 
@@ -70,19 +73,22 @@ def main(argv):
     experiment_flags.check_output_dir(output_dir)
     if _AUDIT.value and FLAGS.algorithm == 'local':
       raise ValueError('--audit attacks a global model: --algorithm=local has none')
+    if _AUDIT_KEY.value:
+      audit_log.public_key(_AUDIT_KEY.value)
     inputs = experiment_flags.load_run_inputs()
     data = inputs.data
     config = experiment_flags.train_config()
     plan = training.build_plan(data, inputs.keras_model_fn, config, log=print)
   except (DataError, ValueError) as e:
-    experiment_flags.exit_with_error(e)
+    experiment_flags.exit_with_error(e, {'audit_key': '--audit_key'})
   print(f'{FLAGS.algorithm} on {data.name}: {len(data.hospitals)} hospitals '
         f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
   try:
     summary = training.run(data, inputs.keras_model_fn, config, output_dir=output_dir,
                            plan=plan, extra_summary=inputs.summary_fields(),
                            log=lambda line: print(line, flush=True),
-                           resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+                           resume=FLAGS.resume, overwrite=FLAGS.overwrite,
+                           audit_key=_AUDIT_KEY.value)
   except run_state.FolderError as e:  # Before any training.
     experiment_flags.exit_with_folder_error(e)
   if summary.get('status') == 'interrupted':
@@ -100,7 +106,9 @@ def main(argv):
     print(f"stopped early: {summary['reason']}")
   if _AUDIT.value:
     print(run_audit.format_result(run_audit.audit_run(output_dir, FLAGS.data_dir)))
-  print(f'outputs in {output_dir}; TensorBoard: tensorboard --logdir {output_dir}/tensorboard')
+  print(f'outputs in {output_dir}; TensorBoard: tensorboard --logdir {output_dir}/tensorboard; '
+        f"audit log head {summary['audit_log_sha256'][:16]}... (check it: python -m "
+        f'experiments.verify_audit_log {output_dir})')
 
 
 if __name__ == '__main__':
