@@ -27,7 +27,7 @@ from tff_med import data as data_lib
 from tff_med import grid
 from tff_med import run_state
 from tff_med.algorithms import ALGORITHMS, BASELINES, CLIENT_WEIGHTINGS, AlgorithmConfig
-from tff_med.config import TrainConfig
+from tff_med.config import ATTACKS, ROBUST, AttackConfig, RobustConfig, TrainConfig
 from tff_med.models import MODELS, ModelConfig, build_keras_model
 from tff_med.models.keras_models import READ_BY
 from tff_med import personalization
@@ -212,6 +212,27 @@ flags.DEFINE_integer('personalize_epochs', personalization.PersonalizeConfig.epo
                      'records, in batches of --batch_size.')
 flags.DEFINE_float('personalize_lr', None, 'With --personalize=finetune: SGD step size '
                    '(default: --client_lr).')
+flags.DEFINE_enum('robust', 'none', list(ROBUST), 'How the server combines the hospitals\' '
+                  'updates against a bad hospital: none (the weighted mean); norm_bound (each '
+                  'update scaled down to L2 norm --robust_norm, or the median norm of the '
+                  'round when unset, then the mean; TFF\'s clipping_factory); zeroing (an '
+                  'update above --robust_norm, or TFF\'s adaptive high quantile when unset, '
+                  'counts as zeros; TFF\'s zeroing_factory); median (coordinate-wise); '
+                  'trimmed_mean (coordinate-wise, --robust_trim dropped at each end). The '
+                  'order statistics count hospitals equally. Needs updates in the clear: '
+                  'refused with --secure_agg and --dp=client.')
+flags.DEFINE_float('robust_norm', None, 'With --robust=norm_bound or zeroing: the L2 bound '
+                   'or threshold on each update (parameter units); default adaptive.')
+flags.DEFINE_integer('robust_trim', 1, 'With --robust=trimmed_mean: updates dropped at each '
+                     'end of every coordinate (needs more than 2 x this many hospitals).')
+flags.DEFINE_enum('attack', 'none', list(ATTACKS), 'Research only: simulate a bad hospital '
+                  '(--attacker): label_flip (trains on flipped labels), scaled_update (sends '
+                  'its update x --attack_scale), random_update (Gaussian noise, std '
+                  '--attack_scale x its update\'s RMS), stale (resends its first update every '
+                  'round). Recorded in summary.json.')
+flags.DEFINE_string('attacker', None, 'With --attack: the hospital that attacks.')
+flags.DEFINE_float('attack_scale', AttackConfig.scale, 'With --attack=scaled_update or '
+                   'random_update: the factor (unitless).')
 flags.DEFINE_bool('resume', True, 'If the output folder holds saved program state, '
                   'continue from its last completed round (a finished run is not trained '
                   'again).')
@@ -338,7 +359,9 @@ def train_config(algorithm: str | None = None, seed: int | None = None,
           clip=FLAGS.secagg_clip, threshold=FLAGS.secagg_threshold,
           colluders=FLAGS.secagg_colluders),
       personalize=personalization.PersonalizeConfig(
-          method=FLAGS.personalize, epochs=FLAGS.personalize_epochs, lr=FLAGS.personalize_lr))
+          method=FLAGS.personalize, epochs=FLAGS.personalize_epochs, lr=FLAGS.personalize_lr),
+      robust=RobustConfig(FLAGS.robust, FLAGS.robust_norm, FLAGS.robust_trim),
+      attack=AttackConfig(FLAGS.attack, FLAGS.attacker, FLAGS.attack_scale))
 
 
 def check_algorithm_flags(algorithms, flag: str = '--algorithm') -> None:
@@ -486,6 +509,12 @@ _RENAMED = {
     'personalize.method': '--personalize',
     'personalize.epochs': '--personalize_epochs',
     'personalize.lr': '--personalize_lr',
+    'robust.name': '--robust',
+    'robust.norm': '--robust_norm',
+    'robust.trim': '--robust_trim',
+    'attack.name': '--attack',
+    'attack.attacker': '--attacker',
+    'attack.scale': '--attack_scale',
 }
 _FIELDS = (
     'rounds', 'clients_per_round', 'min_clients', 'dropouts', 'local_epochs', 'batch_size',
@@ -497,6 +526,7 @@ _FIELDS = (
     'privacy.accountant', 'privacy.clipping', 'privacy.schedule', 'privacy.every',
     'secure_agg.mode', 'secure_agg.bits', 'secure_agg.clip', 'secure_agg.threshold',
     'secure_agg.colluders', 'personalize.method', 'personalize.epochs', 'personalize.lr',
+    'robust.name', 'robust.norm', 'robust.trim', 'attack.name', 'attack.attacker', 'attack.scale',
 ) + tuple(f'data.{f.name}' for f in dataclasses.fields(data_lib.DataConfig))
 FIELD_FLAGS = {field: _RENAMED.get(field, '--' + field.rpartition('.')[2])
                for field in _FIELDS}

@@ -102,6 +102,9 @@ def main(argv):
     print(f"privacy: {summary['privacy']['statement']}")
   if 'personalization' in summary:
     print('\n'.join(_personalization_lines(summary['personalization'])))
+  if 'simulated_attack' in summary:
+    attack = summary['simulated_attack']
+    print(f"SIMULATED ATTACK (research): {attack['attacker']} sent {attack['name']} updates")
   if summary.get('stopped_early'):
     print(f"stopped early: {summary['reason']}")
   if _AUDIT.value:

@@ -2,21 +2,25 @@
 update against the honest one."""
 
 import functools
+import re
 
 import numpy as np
 import pytest
 import tensorflow_federated as tff
 
 from tff_med import data as data_lib
-from tff_med import runtime
+from tff_med import runtime, training
 from tff_med.algorithms import AlgorithmConfig
-from tff_med.config import TrainConfig
+from tff_med.config import AttackConfig, RobustConfig, TrainConfig
+from tff_med.data.federated_data import FederatedData
 from tff_med.mechanisms import attacks
 from tff_med.mechanisms.learning import plain_aggregation
 from tff_med.mechanisms.robust import CoordinateMedianFactory, TrimmedMeanFactory
 from tff_med.mechanisms.round_plan import Round
 from tff_med.mechanisms.task import Task
 from tff_med.models import ModelConfig, build_keras_model
+from tff_med.privacy.dp_account import PrivacyConfig
+from tff_med.secure_agg.config import SecureAggConfig
 
 _VALUE_TYPE = tff.types.to_type([(np.float32, (3,)), (np.float32, (2, 2))])
 
@@ -64,7 +68,7 @@ def _steps(task, attack: str, scale: float = 10.0) -> list[np.ndarray]:
   (the first hospital) reports; FedAvg with server step 1 applies its update."""
   hospital = task.data.hospitals[0]
   build = (plain_aggregation if attack == 'none' else
-           attacks.attacked(plain_aggregation, attacks.AttackConfig(attack, hospital, scale)))
+           attacks.attacked(plain_aggregation, AttackConfig(attack, hospital, scale)))
   plan = build(task)
   steps = []
   with runtime.execution_context(secure_sums=False):
@@ -95,11 +99,77 @@ def test_attacks_change_the_attackers_update_as_documented(task):
 
 
 @pytest.mark.parametrize('config,message', [
-    (attacks.AttackConfig('scaled_update', None), 'attack.attacker=None: name one of'),
-    (attacks.AttackConfig('none', 'north'), 'attack.attacker=north is set but'),
-    (attacks.AttackConfig('poison', 'a'), "attack.name='poison'"),
-    (attacks.AttackConfig('scaled_update', 'a', 0.0), 'attack.scale=0.0'),
+    (AttackConfig('scaled_update', None), 'attack.attacker=None: name one of'),
+    (AttackConfig('none', 'north'), 'attack.attacker=north is set but'),
+    (AttackConfig('poison', 'a'), "attack.name='poison'"),
+    (AttackConfig('scaled_update', 'a', 0.0), 'attack.scale=0.0'),
 ])
 def test_attack_config_names_the_field(config, message):
   with pytest.raises(ValueError, match=message):
     config.validate(('a', 'b'))
+
+
+def _toy(n_hospitals=5):
+  rng = np.random.default_rng(11)
+  arrays = {}
+  for k in range(n_hospitals):
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    arrays[f'h{k}'] = (x, (x @ np.array([1.0, -1.0, 0.5, 0.0]) > 0).astype(np.int64))
+  return FederatedData.from_arrays('toy', arrays, arrays)
+
+
+def _final_weights(data, robust='none', attack='none'):
+  config = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1, client_weighting='uniform'),
+                       rounds=3, batch_size=8, eval_every=3, robust=RobustConfig(robust),
+                       attack=AttackConfig(attack, 'h0' if attack != 'none' else None))
+  keras_model_fn = functools.partial(build_keras_model, ModelConfig('logreg'), (4,), 0)
+  plan = training.build_plan(data, keras_model_fn, config, log=lambda _: None)
+  with runtime.execution_context(secure_sums=False):
+    state = plan.initialize()
+    for round_num in (1, 2, 3):
+      state = plan.run_round(state, Round(round_num, data.hospitals, data.hospitals)).state
+    weights = plan.get_model_weights(state)
+  return np.concatenate([np.ravel(w) for w in weights.trainable])
+
+
+def test_a_scaled_update_moves_fedavg_far_and_the_robust_models_little():
+  data = _toy()
+  honest = _final_weights(data)
+  step = np.linalg.norm(honest - _initial(data))
+  attacked = np.linalg.norm(_final_weights(data, attack='scaled_update') - honest)
+  assert attacked > 5 * step  # x100 from one of five hospitals: FedAvg is dragged away.
+  for robust in ('norm_bound', 'median', 'trimmed_mean'):
+    defended = np.linalg.norm(_final_weights(data, robust, 'scaled_update') - honest)
+    assert defended < step, (robust, defended, step)
+    assert defended < attacked / 10, robust
+
+
+def _initial(data):
+  keras_model_fn = functools.partial(build_keras_model, ModelConfig('logreg'), (4,), 0)
+  return np.concatenate([np.ravel(w) for w in keras_model_fn().trainable_weights])
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(robust=RobustConfig('median'), secure_agg=SecureAggConfig('masking')),
+     'robust.name=median needs each hospital\'s update at the server; secure_agg.mode=masking'),
+    (dict(robust=RobustConfig('trimmed_mean'), secure_agg=SecureAggConfig('tff')),
+     'secure_agg.mode=tff gives it only their sum'),
+    (dict(robust=RobustConfig('norm_bound'),
+          privacy=PrivacyConfig('client', noise_multiplier=1.0)),
+     'robust.name=norm_bound with privacy.level=client'),
+    (dict(algorithm=AlgorithmConfig('local'), robust=RobustConfig('median')),
+     'algorithm.name=local is a baseline'),
+    (dict(attack=AttackConfig('stale', 'h0'),
+          privacy=PrivacyConfig('client', noise_multiplier=1.0)),
+     'attack.name=stale is not simulated with privacy.level=client'),
+    (dict(algorithm=AlgorithmConfig('fedprox'), attack=AttackConfig('stale', 'h0')),
+     'attack.name=stale: the simulated attacker trains with plain local SGD'),
+    (dict(robust=RobustConfig('median', norm=1.0)), 'robust.norm=1.0 applies to'),
+    (dict(attack=AttackConfig('label_flip', 'h0', scale=5.0)), 'attack.scale=5.0 applies to'),
+])
+def test_impossible_combinations_are_refused_naming_the_fields(fields, message):
+  fields.setdefault('algorithm', AlgorithmConfig('fedavg', client_weighting='uniform'))
+  config = TrainConfig(rounds=2, **fields)
+  keras_model_fn = functools.partial(build_keras_model, ModelConfig('logreg'), (4,), 0)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    training.build_plan(_toy(), keras_model_fn, config, log=lambda _: None)

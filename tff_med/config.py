@@ -13,6 +13,50 @@ from tff_med.personalization import PersonalizeConfig
 from tff_med.secure_agg.config import SecureAggConfig
 
 
+ROBUST = ('none', 'norm_bound', 'zeroing', 'median', 'trimmed_mean')
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustConfig:
+  """How the server combines the hospitals' updates against a bad hospital
+  (`tff_med.mechanisms.robust.robust_factory` builds and checks it): `name`, one
+  of ROBUST; `norm`: norm_bound's bound / zeroing's threshold on each update's
+  L2 norm (parameter units; None: TFF's adaptive estimate); `trim`:
+  trimmed_mean's updates dropped at each end."""
+  name: str = 'none'
+  norm: float | None = None
+  trim: int = 1
+
+
+ATTACKS = ('none', 'label_flip', 'scaled_update', 'random_update', 'stale')
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """`name`: one of ATTACKS; `attacker`: the hospital that attacks; `scale`:
+  scaled_update's factor, random_update's noise scale (unitless)."""
+  name: str = 'none'
+  attacker: str | None = None
+  scale: float = 100.0
+
+  def validate(self, hospitals) -> None:
+    """ValueError naming the `attack.*` field at fault."""
+    if self.name not in ATTACKS:
+      raise ValueError(f'attack.name={self.name!r}: choose one of {", ".join(ATTACKS)}')
+    if self.scale != 100.0 and self.name not in ('scaled_update', 'random_update'):
+      raise ValueError(f'attack.scale={self.scale} applies to attack.name=scaled_update or '
+                       f'random_update, not {self.name}')
+    if self.name == 'none':
+      if self.attacker is not None:
+        raise ValueError(f'attack.attacker={self.attacker} is set but attack.name=none')
+      return
+    if self.attacker not in hospitals:
+      raise ValueError(f'attack.attacker={self.attacker}: name one of the hospitals '
+                       f'({", ".join(hospitals)}) for attack.name={self.name}')
+    if not self.scale > 0:
+      raise ValueError(f'attack.scale={self.scale}: must be positive')
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """`rounds`: federated rounds (baselines: the same number of epoch blocks);
@@ -25,7 +69,8 @@ class TrainConfig:
   step (DP-SGD: expected records per step); `eval_every`: rounds between
   test-set evaluations (the last round is always evaluated); `privacy`:
   differential privacy; `secure_agg`: how updates reach the server;
-  `personalize`: what each hospital does with the final model (fine-tuning)."""
+  `personalize`: what each hospital does with the final model (fine-tuning);
+  `robust`: robust aggregation; `attack`: a simulated bad hospital (research)."""
   algorithm: AlgorithmConfig = AlgorithmConfig()
   rounds: int = 50
   clients_per_round: int = 0
@@ -39,6 +84,8 @@ class TrainConfig:
   privacy: PrivacyConfig = PrivacyConfig()
   secure_agg: SecureAggConfig = SecureAggConfig()
   personalize: PersonalizeConfig = PersonalizeConfig()
+  robust: RobustConfig = RobustConfig()
+  attack: AttackConfig = AttackConfig()
 
   @property
   def cohort_size(self) -> int | None:

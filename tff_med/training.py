@@ -416,6 +416,8 @@ def _summary(plan, config, data, evaluation, loop: _Loop, status: str,
       **({'skipped_rounds': loop.skipped_rounds, 'dropouts': loop.dropouts}
          if not plan.hides_cohort else {}),
       **plan.summary(),
+      **({'simulated_attack': dataclasses.asdict(config.attack)}
+         if config.attack.name != 'none' else {}),
       **(loop.stopped or {}),
       **(extra_summary or {}),
       **({'wall_seconds': loop.seconds} if not plan.hides_cohort else {}),

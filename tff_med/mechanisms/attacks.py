@@ -16,48 +16,22 @@ that every aggregation and robust aggregator receives the attack as it would
 from a real hospital.
 """
 
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_med.algorithms import client_optimizer, client_weighting
-
-ATTACKS = ('none', 'label_flip', 'scaled_update', 'random_update', 'stale')
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackConfig:
-  """`name`: one of ATTACKS; `attacker`: the hospital that attacks; `scale`:
-  scaled_update's factor, random_update's noise scale (unitless)."""
-  name: str = 'none'
-  attacker: str | None = None
-  scale: float = 100.0
-
-  def validate(self, hospitals) -> None:
-    """ValueError naming the `attack.*` field at fault."""
-    if self.name not in ATTACKS:
-      raise ValueError(f'attack.name={self.name!r}: choose one of {", ".join(ATTACKS)}')
-    if self.name == 'none':
-      if self.attacker is not None:
-        raise ValueError(f'attack.attacker={self.attacker} is set but attack.name=none')
-      return
-    if self.attacker not in hospitals:
-      raise ValueError(f'attack.attacker={self.attacker}: name one of the hospitals '
-                       f'({", ".join(hospitals)}) for attack.name={self.name}')
-    if not self.scale > 0:
-      raise ValueError(f'attack.scale={self.scale}: must be positive')
+from tff_med.config import AttackConfig
 
 
 def attacked(build, attack: AttackConfig):
   """The aggregation builder `build` (task, client_work, dataset_fn, aggregator,
   ...) -> plan, with `attack`'s hospital attacking."""
 
-  def build_attacked(task, client_work=None, dataset_fn=None, **kwargs):
+  def build_attacked(task, client_work=None, dataset_fn=None, aggregator=None, **kwargs):
     if task.config.algorithm.name == 'fedprox':
-      raise ValueError('attack.name: the simulated attacker trains with plain local SGD; use '
-                       'algorithm.name=fedavg, fedadam, fedyogi or fedadagrad')
+      raise ValueError(f'attack.name={attack.name}: the simulated attacker trains with plain '
+                       'local SGD; use algorithm.name=fedavg, fedadam, fedyogi or fedadagrad')
     dataset_fn = dataset_fn or task.dataset
     if client_work is None:
       client_work = tff.learning.templates.build_model_delta_client_work(
@@ -74,7 +48,7 @@ def attacked(build, attack: AttackConfig):
           tf.constant([float(is_attacker), float(round_num)], tf.float32))
 
     return build(task, client_work=_attacked_client_work(client_work, attack),
-                 dataset_fn=attack_data, **kwargs)
+                 dataset_fn=attack_data, aggregator=aggregator, **kwargs)
 
   return build_attacked
 

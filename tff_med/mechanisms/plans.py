@@ -12,26 +12,30 @@ from collections.abc import Callable
 from tff_med.algorithms import BASELINES
 from tff_med.config import TrainConfig
 from tff_med.data.federated_data import FederatedData
+from tff_med.mechanisms.attacks import attacked
 from tff_med.mechanisms.baselines import BaselinePlan
 from tff_med.mechanisms.hospital_dp import HospitalLevelDp
 from tff_med.mechanisms.learning import plain_aggregation, tff_secure_sum_aggregation
 from tff_med.mechanisms.masking import masking_aggregation
 from tff_med.mechanisms.record_dp import RecordLevelDp
+from tff_med.mechanisms.robust import robust_factory
 from tff_med.mechanisms.round_plan import RoundPlan
 from tff_med.mechanisms.task import KerasModelFn, Task
 
 AGGREGATIONS = {'none': plain_aggregation, 'tff': tff_secure_sum_aggregation,
                 'masking': masking_aggregation}
 
-# (privacy.level, secure_agg.mode) -> (task, aggregator, log) -> plan, or why it is refused.
+# (privacy.level, secure_agg.mode) -> (task, aggregation, aggregator, log) -> plan, or why
+# it is refused; `aggregation`: the mode's builder of AGGREGATIONS (with a simulated
+# attacker: wrapped by `attacks.attacked`).
 _PLANS: dict[tuple[str, str], Callable[..., RoundPlan] | str] = {
-    **{('none', mode): (lambda task, aggregator, log, build=build: build(
-        task, aggregator=aggregator)) for mode, build in AGGREGATIONS.items()},
-    **{('record', mode): (lambda task, aggregator, log, build=build: RecordLevelDp(
-        task, build, aggregator, log)) for mode, build in AGGREGATIONS.items()},
-    ('client', 'none'): lambda task, aggregator, log: HospitalLevelDp(
+    **{('none', mode): (lambda task, build, aggregator, log: build(task, aggregator=aggregator))
+       for mode in AGGREGATIONS},
+    **{('record', mode): (lambda task, build, aggregator, log: RecordLevelDp(
+        task, build, aggregator, log)) for mode in AGGREGATIONS},
+    ('client', 'none'): lambda task, build, aggregator, log: HospitalLevelDp(
         task, masking=False, aggregator=aggregator, log=log),
-    ('client', 'masking'): lambda task, aggregator, log: HospitalLevelDp(
+    ('client', 'masking'): lambda task, build, aggregator, log: HospitalLevelDp(
         task, masking=True, aggregator=aggregator, log=log),
     ('client', 'tff'): (
         'secure_agg.mode=tff with privacy.level=client is refused: TFF\'s distributed-DP '
@@ -39,6 +43,26 @@ _PLANS: dict[tuple[str, str], Callable[..., RoundPlan] | str] = {
         'the server after the secure sum, so the server would see that count exactly (and '
         'it does not build in TFF 0.87 here); use secure_agg.mode=masking'),
 }
+
+
+def _robust_aggregator(config: TrainConfig, aggregator):
+  """The aggregator with robust.* applied (the user's when robust.name=none),
+  refusing combinations where the server cannot see each hospital's update."""
+  robust = robust_factory(config.robust)
+  if robust is None:
+    return aggregator
+  field = f'robust.name={config.robust.name}'
+  if aggregator is not None:
+    raise ValueError(f'{field} sets the aggregator: a user aggregator cannot be combined '
+                     'with it (put the robust factory inside yours)')
+  if config.secure_agg.mode != 'none':
+    raise ValueError(f'{field} needs each hospital\'s update at the server; '
+                     f'secure_agg.mode={config.secure_agg.mode} gives it only their sum')
+  if config.privacy.level == 'client':
+    raise ValueError(f'{field} with privacy.level=client: DP-FedAvg already bounds each '
+                     'hospital\'s update (privacy.l2_norm_clip) and its aggregator is the DP '
+                     'one, whose noise an order statistic would not account for')
+  return robust
 
 
 def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
@@ -63,10 +87,12 @@ def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainC
       if value != default:
         raise ValueError(f'{field}={value} needs a federated algorithm.name, not '
                          f'{config.algorithm.name}')
-    if aggregator is not None or config.dropouts or config.min_clients:
+    if (aggregator is not None or config.dropouts or config.min_clients
+        or config.robust.name != 'none' or config.attack.name != 'none'):
       raise ValueError(f'algorithm.name={config.algorithm.name} is a baseline: it takes no '
-                       f'aggregator, dropouts={config.dropouts} or min_clients='
-                       f'{config.min_clients} (every hospital trains every round)')
+                       f'aggregator, robust.name, attack.name, dropouts={config.dropouts} or '
+                       f'min_clients={config.min_clients} (every hospital trains every round, '
+                       'alone or pooled)')
     return BaselinePlan(task, pooled=config.algorithm.name == 'pooled')
   config.secure_agg.validate(config.clients_per_round or len(data.hospitals),
                              config.algorithm.client_weighting)
@@ -74,7 +100,15 @@ def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainC
   if key not in _PLANS:
     raise ValueError(f'privacy.level={config.privacy.level!r} or secure_agg.mode='
                      f'{config.secure_agg.mode!r}: choose from {sorted(_PLANS)}')
-  build = _PLANS[key]
-  if isinstance(build, str):
-    raise ValueError(build)
-  return build(task, aggregator, log)
+  plan = _PLANS[key]
+  if isinstance(plan, str):
+    raise ValueError(plan)
+  aggregator = _robust_aggregator(config, aggregator)
+  config.attack.validate(data.hospitals)
+  aggregation = AGGREGATIONS[config.secure_agg.mode]
+  if config.attack.name != 'none':
+    if config.privacy.level == 'client':
+      raise ValueError(f'attack.name={config.attack.name} is not simulated with '
+                       'privacy.level=client (its DP aggregation builds its own client work)')
+    aggregation = attacked(aggregation, config.attack)
+  return plan(task, aggregation, aggregator, log)

@@ -5,7 +5,8 @@ TFF ships norm-bounding (`tff.aggregators.clipping_factory`) and zeroing
 (`tff.aggregators.zeroing_factory`) but no order statistic across clients, so
 these two are written here. Both gather the cohort's values at the server with
 `tff.federated_aggregate` over an accumulator with a dynamic first dimension
-(one row per client) and reduce each coordinate on the server:
+(one row per client) and reduce each coordinate on the server (measurement: `hospitals`, how many
+updates it combined):
 
   median:        the middle value (mean of the two middle ones for an even
                  count) of each coordinate over the cohort;
@@ -19,8 +20,12 @@ every hospital's update can compute them: they cannot run over masked or
 quantised secure sums.
 """
 
+import collections
+
 import tensorflow as tf
 import tensorflow_federated as tff
+
+from tff_med.config import ROBUST, RobustConfig
 
 
 class _OrderStatisticFactory(tff.aggregators.WeightedAggregationFactory):
@@ -66,8 +71,10 @@ class _OrderStatisticFactory(tff.aggregators.WeightedAggregationFactory):
     def next_fn(state, value, weight):
       del weight  # One hospital, one vote.
       result = tff.federated_aggregate(value, zero(), accumulate, merge, report)
+      count = tff.federated_sum(tff.federated_value(1, tff.CLIENTS))
       return tff.templates.MeasuredProcessOutput(
-          state=state, result=result, measurements=tff.federated_value((), tff.SERVER))
+          state=state, result=result,
+          measurements=tff.federated_zip(collections.OrderedDict(hospitals=count)))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
@@ -100,13 +107,9 @@ class TrimmedMeanFactory(_OrderStatisticFactory):
     return tf.reduce_mean(kept, axis=0)
 
 
-ROBUST = ('none', 'norm_bound', 'zeroing', 'median', 'trimmed_mean')
-
-
-def robust_factory(name: str, norm: float | None = None, trim: int = 1
-                   ) -> tff.aggregators.WeightedAggregationFactory | None:
-  """The weighted factory of robust aggregation `name` (one of ROBUST; None for
-  'none'), raising ValueError naming the `robust.*` field at fault.
+def robust_factory(robust: RobustConfig) -> tff.aggregators.WeightedAggregationFactory | None:
+  """The weighted factory of `robust` (None for name 'none'), raising ValueError
+  naming the `robust.*` field at fault.
 
     norm_bound:    each update scaled down to L2 norm at most `norm` (parameter
                    units), then TFF's weighted mean (`tff.aggregators.clipping_factory`);
@@ -118,6 +121,7 @@ def robust_factory(name: str, norm: float | None = None, trim: int = 1
     median:        `CoordinateMedianFactory`;
     trimmed_mean:  `TrimmedMeanFactory(trim)`.
   """
+  name, norm, trim = robust.name, robust.norm, robust.trim
   if name not in ROBUST:
     raise ValueError(f'robust.name={name!r}: choose one of {", ".join(ROBUST)}')
   if norm is not None and name not in ('norm_bound', 'zeroing'):
