@@ -531,7 +531,8 @@ class DpAccount:
             hidden if self.hides_cohort else
             'not protected: chosen without looking at records (public)'),
         'bytes per hospital, round seconds, wall seconds, event times': timing,
-        'preprocessing': f"not protected and data-independent: {self._data.preprocessing.get('source', '')}",
+        'preprocessing (and the feature schema exported with the model)':
+            f"not protected and data-independent: {self._data.preprocessing.get('source', '')}",
     }
 
   def releasable(self, metrics: dict) -> dict:
