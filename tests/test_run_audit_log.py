@@ -10,34 +10,17 @@ import subprocess
 import sys
 
 import dp_accounting
-import numpy as np
 import pytest
 import tensorflow as tf
 
 from tff_med import audit_log, training
 from tff_med.algorithms import AlgorithmConfig
-from tff_med.data.federated_data import FederatedData
-from tff_med.models import ModelConfig, build_keras_model
 from tff_med.privacy import dp_sgd
 from tff_med.privacy.dp_account import PrivacyConfig
 
-SIZES = {'h0': 12, 'h1': 16, 'h2': 20}
-BATCH, ROUNDS, SIGMA, DELTA = 4, 3, 1.0, 1e-3
+from test_round_loop import BATCH, SIZES, _data, _keras  # The same toy study.
 
-
-def _data():
-  rng = np.random.default_rng(5)
-  arrays = {}
-  for h, n in SIZES.items():
-    x = rng.normal(size=(n, 3)).astype(np.float32)
-    arrays[h] = (x, (x[:, 0] > 0).astype(np.int64))
-  return FederatedData.from_arrays('toy', arrays, arrays)
-
-
-def _keras():
-  return build_keras_model(ModelConfig('logreg'), (3,), seed=1)
-
-
+ROUNDS, SIGMA, DELTA = 3, 1.0, 1e-3
 _CONFIG = training.TrainConfig(
     AlgorithmConfig('fedavg', client_lr=0.3, client_weighting='uniform'), rounds=ROUNDS,
     batch_size=BATCH, eval_every=ROUNDS,
