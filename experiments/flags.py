@@ -214,15 +214,17 @@ flags.DEFINE_float('personalize_lr', None, 'With --personalize=finetune: SGD ste
                    '(default: --client_lr).')
 flags.DEFINE_enum('robust', 'none', list(ROBUST), 'How the server combines the hospitals\' '
                   'updates against a bad hospital: none (the weighted mean); norm_bound (each '
-                  'update scaled down to L2 norm --robust_norm, or the median norm of the '
-                  'round when unset, then the mean; TFF\'s clipping_factory); zeroing (an '
-                  'update above --robust_norm, or TFF\'s adaptive high quantile when unset, '
-                  'counts as zeros; TFF\'s zeroing_factory); median (coordinate-wise); '
+                  'update scaled down to L2 norm --robust_norm, or when unset TFF\'s adaptive '
+                  'estimate of the 0.8 quantile of the norms, then the mean; TFF\'s '
+                  'clipping_factory); zeroing (an update whose largest absolute value is '
+                  'above --robust_norm, or when unset 2 x TFF\'s adaptive 0.98 quantile of '
+                  'those + 1, counts as zeros; TFF\'s zeroing_factory); median (coordinate-wise); '
                   'trimmed_mean (coordinate-wise, --robust_trim dropped at each end). The '
                   'order statistics count hospitals equally. Needs updates in the clear: '
                   'refused with --secure_agg and --dp=client.')
-flags.DEFINE_float('robust_norm', None, 'With --robust=norm_bound or zeroing: the L2 bound '
-                   'or threshold on each update (parameter units); default adaptive.')
+flags.DEFINE_float('robust_norm', None, 'With --robust=norm_bound: the bound on each '
+                   'update\'s L2 norm; zeroing: the threshold on its largest absolute value '
+                   '(parameter units); default adaptive.')
 flags.DEFINE_integer('robust_trim', 1, 'With --robust=trimmed_mean: updates dropped at each '
                      'end of every coordinate (needs more than 2 x this many hospitals).')
 flags.DEFINE_enum('attack', 'none', list(ATTACKS), 'Research only: simulate a bad hospital '

@@ -15,9 +15,9 @@ LAYERS = (
                              'tff_med.audit_log', 'tff_med.personalization')),
     ('mechanisms', ('tff_med.mechanisms',)),
     ('training loop', ('tff_med.training', 'tff_med.run_state')),
-    ('studies over runs', ('tff_med.grid', 'tff_med.compare', 'tff_med.privacy_sweep',
-                           'tff_med.privacy_report', 'tff_med.secure_agg.cost_table',
-                           'tff_med.audit')),
+    ('studies over runs', ('tff_med.grid', 'tff_med.compare', 'tff_med.robustness',
+                           'tff_med.privacy_sweep', 'tff_med.privacy_report',
+                           'tff_med.secure_agg.cost_table', 'tff_med.audit')),
     ('binaries', ('experiments',)),
 )
 

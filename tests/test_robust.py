@@ -164,6 +164,11 @@ def _initial(data):
      'attack.name=stale is not simulated with privacy.level=client'),
     (dict(algorithm=AlgorithmConfig('fedprox'), attack=AttackConfig('stale', 'h0')),
      'attack.name=stale: the simulated attacker trains with plain local SGD'),
+    (dict(robust=RobustConfig('trimmed_mean', trim=3)),
+     'robust.name=trimmed_mean with robust.trim=3 drops 3 update(s) at each end: it needs '
+     'more than 6 hospitals reporting per round, and a round has 5'),
+    (dict(robust=RobustConfig('trimmed_mean', trim=2), dropouts=1),
+     'a round has 4'),
     (dict(robust=RobustConfig('median', norm=1.0)), 'robust.norm=1.0 applies to'),
     (dict(attack=AttackConfig('label_flip', 'h0', scale=5.0)), 'attack.scale=5.0 applies to'),
 ])

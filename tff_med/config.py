@@ -20,8 +20,9 @@ ROBUST = ('none', 'norm_bound', 'zeroing', 'median', 'trimmed_mean')
 class RobustConfig:
   """How the server combines the hospitals' updates against a bad hospital
   (`tff_med.mechanisms.robust.robust_factory` builds and checks it): `name`, one
-  of ROBUST; `norm`: norm_bound's bound / zeroing's threshold on each update's
-  L2 norm (parameter units; None: TFF's adaptive estimate); `trim`:
+  of ROBUST; `norm`: norm_bound's bound on each update's L2 norm / zeroing's
+  threshold on its largest absolute value, the L-infinity norm (parameter units;
+  None: TFF's adaptive estimate); `trim`:
   trimmed_mean's updates dropped at each end."""
   name: str = 'none'
   norm: float | None = None

@@ -45,13 +45,19 @@ _PLANS: dict[tuple[str, str], Callable[..., RoundPlan] | str] = {
 }
 
 
-def _robust_aggregator(config: TrainConfig, aggregator):
+def _robust_aggregator(config: TrainConfig, aggregator, num_hospitals: int):
   """The aggregator with robust.* applied (the user's when robust.name=none),
-  refusing combinations where the server cannot see each hospital's update."""
+  refusing combinations where the server cannot see each hospital's update and a
+  trimmed mean that would drop every update of a round."""
   robust = robust_factory(config.robust)
   if robust is None:
     return aggregator
   field = f'robust.name={config.robust.name}'
+  reporting = (config.clients_per_round or num_hospitals) - config.dropouts
+  if config.robust.name == 'trimmed_mean' and reporting <= 2 * config.robust.trim:
+    raise ValueError(f'{field} with robust.trim={config.robust.trim} drops {config.robust.trim} '
+                     f'update(s) at each end: it needs more than {2 * config.robust.trim} '
+                     f'hospitals reporting per round, and a round has {reporting}')
   if aggregator is not None:
     raise ValueError(f'{field} sets the aggregator: a user aggregator cannot be combined '
                      'with it (put the robust factory inside yours)')
@@ -103,7 +109,7 @@ def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainC
   plan = _PLANS[key]
   if isinstance(plan, str):
     raise ValueError(plan)
-  aggregator = _robust_aggregator(config, aggregator)
+  aggregator = _robust_aggregator(config, aggregator, len(data.hospitals))
   config.attack.validate(data.hospitals)
   aggregation = AGGREGATIONS[config.secure_agg.mode]
   if config.attack.name != 'none':

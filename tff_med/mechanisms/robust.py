@@ -113,11 +113,15 @@ def robust_factory(robust: RobustConfig) -> tff.aggregators.WeightedAggregationF
 
     norm_bound:    each update scaled down to L2 norm at most `norm` (parameter
                    units), then TFF's weighted mean (`tff.aggregators.clipping_factory`);
-                   norm None: the bound follows the median of the cohort's norms
-                   (TFF's quantile estimate, as in `tff.learning.robust_aggregator`);
-    zeroing:       an update with L2 norm above `norm` (None: TFF's adaptive
-                   estimate, a high quantile of the norms) is replaced by zeros
-                   (`tff.aggregators.zeroing_factory`), then the weighted mean;
+                   norm None: `tff.learning.robust_aggregator`'s adaptive bound, an
+                   estimate of the 0.8 quantile of the cohort's norms (starts at
+                   1.0, moves geometrically with learning rate 0.2 each round);
+    zeroing:       an update whose largest absolute value (L-infinity norm, TFF's
+                   default) is above `norm` (None: the robust_aggregator's adaptive
+                   threshold, 2 x an estimate of the 0.98 quantile of those norms +
+                   1.0, the estimate starting at 10.0) is replaced by zeros, its
+                   weight kept (`tff.aggregators.zeroing_factory`), then the
+                   weighted mean;
     median:        `CoordinateMedianFactory`;
     trimmed_mean:  `TrimmedMeanFactory(trim)`.
   """
