@@ -168,3 +168,23 @@ def test_import_leaves_tff_untouched_and_a_block_installs_and_restores():
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr
   _assert_gone(pids)
+
+
+def test_a_reaped_workers_reused_pid_is_neither_waited_for_nor_signalled(monkeypatch):
+  """A worker TFF reaped long ago keeps its Popen in the record; once its pid
+  belongs to a new process, stop_workers must not wait on (or signal) that
+  process. It did, and a full test run hung once pids wrapped around."""
+  stale = subprocess.Popen(['true'])
+  stale.wait()  # Reaped, as TFF's ServiceManager reaps its workers.
+  newcomer = subprocess.Popen(['sleep', '30'])
+  try:
+    stale.pid = newcomer.pid  # The pid, reused.
+    monkeypatch.setattr(runtime, '_WORKERS', [stale])
+    start = time.monotonic()
+    assert runtime.running_workers() == []
+    runtime.stop_workers()
+    assert time.monotonic() - start < 5
+    assert newcomer.poll() is None  # Not the stale record's to stop.
+  finally:
+    newcomer.kill()
+    newcomer.wait()

@@ -123,31 +123,44 @@ def _uninstall_locked() -> None:
     _saved_subprocess = None
 
 
-def _exited(pid: int) -> bool:
-  """True once `pid` has exited. Leaves it unreaped (a zombie) so that TFF's own
-  later `os.kill(pid, SIGINT)` + `wait()` still find it and cannot hit a reused pid."""
-  try:
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-  except ChildProcessError:  # Already reaped by TFF.
+def _exited(process: subprocess.Popen) -> bool:
+  """True once `process` has exited. Leaves it unreaped (a zombie) so that TFF's
+  own later `os.kill(pid, SIGINT)` + `wait()` still find it and cannot hit a
+  reused pid. A process TFF reaped (`returncode` set) has exited, whatever now
+  runs under its old pid."""
+  if process.returncode is not None:
     return True
+  try:
+    return os.waitid(os.P_PID, process.pid,
+                     os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+  except ChildProcessError:  # Already reaped (outside Popen).
+    return True
+
+
+def _forget_reaped() -> None:
+  """Drops the workers TFF has reaped: their pids may already belong to new
+  processes. The caller holds _LOCK."""
+  _WORKERS[:] = [p for p in _WORKERS if p.returncode is None]
 
 
 def running_workers() -> list[int]:
   """Pids of worker_binary processes started here that have not exited."""
   with _LOCK:
-    return [p.pid for p in _WORKERS if not _exited(p.pid)]
+    _forget_reaped()
+    return [p.pid for p in _WORKERS if not _exited(p)]
 
 
 def stop_workers() -> None:
   """Stops every worker_binary started here: SIGINT (as TFF does), SIGKILL after 10 s."""
   with _LOCK:
+    _forget_reaped()
     workers = list(_WORKERS)
   for process in workers:
-    if _exited(process.pid):
+    if _exited(process):
       continue
     process.send_signal(signal.SIGINT)
     deadline = time.monotonic() + _STOP_GRACE_SECONDS
-    while not _exited(process.pid):
+    while not _exited(process):
       if time.monotonic() > deadline:
         process.kill()
         deadline = float('inf')
