@@ -4,6 +4,8 @@ head rebuilt, a consistent rewrite of events and epsilons under a signature, a
 swapped model. A resumed run continues the same chain (also checked after
 kill -9 in test_resume.py)."""
 
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -51,6 +53,16 @@ def test_the_log_records_the_run_and_the_verifier_recomputes_it(signed_run):
   assert started['config']['privacy']['noise_multiplier'] == SIGMA
   assert set(started['data']['hospitals']) == set(SIZES)
   assert started['data']['hospitals']['h1']['train_rows'] == 16
+  # The data fingerprint is keyed: a reader of the log cannot test guesses of a
+  # record against it; the key stays in program_state/ (not released).
+  x, y = _data().train_arrays('h1')
+  plain = hashlib.sha256(x.tobytes() + y.tobytes() + _data().test['h1'][0].tobytes()
+                         + _data().test['h1'][1].tobytes()).hexdigest()
+  key = bytes.fromhex((run_dir / 'program_state' / 'fingerprint_key').read_text())
+  keyed = hmac.new(key, x.tobytes() + y.tobytes() + _data().test['h1'][0].tobytes()
+                   + _data().test['h1'][1].tobytes(), hashlib.sha256).hexdigest()
+  assert started['data']['hospitals']['h1']['hmac_sha256'] == keyed != plain
+  assert 'sha256' not in started['data']['hospitals']['h1']
   assert 'tensorflow-federated' in started['versions']
   # The last round's epsilon: dp_accounting called here on the DP-SGD event of all rounds.
   last = [e for e in entries if e['event'] == 'round'][-1]

@@ -29,8 +29,10 @@ saved state lost state (the ledger with it): it is refused.
 import asyncio
 import glob
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 
 import numpy as np
@@ -60,21 +62,6 @@ def _membership_audit_outputs(output_dir: str) -> list[str]:
   """The paths of MEMBERSHIP_AUDIT_OUTPUTS in `output_dir`."""
   return sorted(path for pattern in MEMBERSHIP_AUDIT_OUTPUTS
                 for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)))
-
-
-def hospital_fingerprints(data: FederatedData) -> dict[str, dict]:
-  """Per hospital: sha256 over its train/test arrays, and their row and feature
-  counts (what the audit log records of the data: never a record)."""
-  fingerprints = {}
-  for hospital in data.hospitals:
-    digest = hashlib.sha256()
-    for array in (*data.train_arrays(hospital), *data.test[hospital]):
-      digest.update(np.ascontiguousarray(array).tobytes())
-    fingerprints[hospital] = {'sha256': digest.hexdigest(),
-                              'train_rows': data.num_train(hospital),
-                              'test_rows': len(data.test[hospital][1]),
-                              'feature_shape': list(data.feature_shape)}
-  return fingerprints
 
 
 def data_fingerprint(data: FederatedData) -> str:
@@ -174,6 +161,30 @@ class RunState:
     else:
       with open(identity_path, 'w') as f:
         json.dump(identity, f, indent=2)
+
+  def fingerprints(self, data: FederatedData) -> dict[str, dict]:
+    """Per hospital, what the audit log records of its data: an HMAC-SHA256 of its
+    train/test arrays and their row and feature counts. A plain hash would let a
+    reader who knows all records but one test guesses of that one; the key is
+    drawn from the OS once per run and kept in program_state/ (not released), so
+    only the coordinator can recompute a fingerprint."""
+    path = os.path.join(self._dir, 'fingerprint_key')
+    if not os.path.exists(path):
+      os.makedirs(self._dir, exist_ok=True)
+      with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f:
+        f.write(secrets.token_hex(32))
+    with open(path) as f:
+      key = bytes.fromhex(f.read())
+    fingerprints = {}
+    for hospital in data.hospitals:
+      mac = hmac.new(key, digestmod=hashlib.sha256)
+      for array in (*data.train_arrays(hospital), *data.test[hospital]):
+        mac.update(np.ascontiguousarray(array).tobytes())
+      fingerprints[hospital] = {'hmac_sha256': mac.hexdigest(),
+                                'train_rows': data.num_train(hospital),
+                                'test_rows': len(data.test[hospital][1]),
+                                'feature_shape': list(data.feature_shape)}
+    return fingerprints
 
   def load(self, initial_state) -> tuple[object, dict]:
     """(process state, extras) of the last saved round."""

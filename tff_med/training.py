@@ -39,7 +39,7 @@ from tff_med.mechanisms.plans import build_plan
 from tff_med.mechanisms.round_plan import Round, RoundPlan
 from tff_med.mechanisms.task import KerasModelFn
 from tff_med.outputs import RunOutputs, json_safe
-from tff_med.run_state import RunState, data_fingerprint, hospital_fingerprints
+from tff_med.run_state import RunState, data_fingerprint
 
 __all__ = ['TrainConfig', 'build_plan', 'run']
 
@@ -184,16 +184,17 @@ def _dp_entry(before: dict, after: dict) -> dict:
           'epsilon': after['epsilon']}
 
 
-def _session_entry(config: TrainConfig, data: FederatedData, plan: RoundPlan) -> dict:
+def _session_entry(config: TrainConfig, data: FederatedData, plan: RoundPlan,
+                   saved: RunState) -> dict:
   """What the audit log records at each session's start: the config and its
-  hash, software versions, each hospital's data fingerprint (a hash and counts,
-  never records) and the plan."""
+  hash, software versions, each hospital's data fingerprint (a keyed hash and
+  counts, never records: `RunState.fingerprints`) and the plan."""
   config_json = json.dumps(json_safe(dataclasses.asdict(config)), sort_keys=True)
   return {'config': json.loads(config_json),
           'config_sha256': hashlib.sha256(config_json.encode()).hexdigest(),
           'versions': {'python': platform.python_version(),
                        **{package: metadata.version(package) for package in _PACKAGES}},
-          'data': {'name': data.name, 'hospitals': hospital_fingerprints(data)},
+          'data': {'name': data.name, 'hospitals': saved.fingerprints(data)},
           'plan': _plan_chain(plan)}
 
 
@@ -250,7 +251,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     loop.sessions += 1
     if saved:
       saved.audit('resumed' if loop.round_num else 'started', session=loop.sessions,
-                  after_round=loop.round_num, **_session_entry(config, data, plan))
+                  after_round=loop.round_num, **_session_entry(config, data, plan, saved))
     _release(outputs, saved, loop.pending, log)  # What a cut run saved but never released.
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
