@@ -79,6 +79,26 @@ def test_no_cost_table_without_the_undefended_no_attack_run(tmp_path):
   assert 'cost_without_attack' not in rows and 'costs without attack' not in markdown
 
 
+def test_diverged_seeds_are_counted_and_left_out_of_the_means(tmp_path):
+  summaries = _hand_made()
+  nan = {'accuracy': float('nan'), 'auc': float('nan')}
+  summaries['none+stale'][1].update(pooled=nan, mean_hospital=nan)
+  summaries['median+stale'] = [dict(s, pooled=nan, mean_hospital=nan)
+                               for s in summaries['median+stale']]
+  rows, markdown = robustness.write_robustness(summaries, {}, ['none', 'median'],
+                                               ['none', 'stale'], 'h0', [0, 1, 2],
+                                               str(tmp_path), title='toy')
+  cell = rows['cells']['none']['stale']
+  finite = np.array(_VALUES['none', 'stale'])[[0, 2]]
+  assert (cell['diverged'], cell['seeds']) == (1, 3)
+  assert cell['pooled/accuracy']['n'] == 2
+  assert cell['pooled/accuracy']['mean'] == pytest.approx(finite.mean())
+  assert (f'| none | 0.823 ± 0.021 | {finite.mean():.3f} ± {finite.std(ddof=1):.3f} '
+          '(1 of 3 seeds diverged) |') in markdown
+  assert markdown.count('| median | 0.800 ± 0.020 | diverged (3 of 3 seeds) |') == 1
+  assert 'diverged' not in rows['cells']['none']['none']
+
+
 def _binary(*flags):
   return subprocess.run([sys.executable, '-m', 'experiments.robustness', *flags],
                         capture_output=True, text=True, timeout=600,

@@ -1,7 +1,8 @@
 """Test-set evaluation of a Keras model on every hospital and on the pooled test set.
 
 Each hospital evaluates on its own test records; ROC-AUC is exact (scikit-learn
-on the logits), NaN where a test set holds one class only.
+on the logits), NaN where a test set holds one class only; both metrics are NaN
+for a model whose outputs are NaN.
 """
 
 import numpy as np
@@ -12,9 +13,14 @@ from tff_med.data.federated_data import FederatedData
 
 
 def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """accuracy (threshold: logit 0, i.e. probability 0.5) and ROC-AUC."""
-  logits = np.asarray(logits).reshape(-1)
+  """accuracy (threshold: logit 0, i.e. probability 0.5) and ROC-AUC. An
+  infinite logit is a certain prediction (AUC ranks it first or last); a NaN
+  logit (a diverged model, e.g. under a scaled-update attack) makes both NaN."""
+  logits = np.asarray(logits, dtype=np.float64).reshape(-1)
   labels = np.asarray(labels).reshape(-1)
+  if np.isnan(logits).any():
+    return {'accuracy': float('nan'), 'auc': float('nan')}
+  logits = np.nan_to_num(logits)  # +-inf -> the largest finite values, same order.
   accuracy = float(np.mean((logits > 0) == (labels == 1)))
   auc = (float(sklearn.metrics.roc_auc_score(labels, logits))
          if len(np.unique(labels)) == 2 else float('nan'))

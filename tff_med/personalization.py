@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med.config_fields import refuse_set_when_off
 from tff_med.evaluation import binary_metrics, mean_over_hospitals
 from tff_med.models.tff_model import loss as model_loss
 from tff_med.privacy import dp_sgd
@@ -54,12 +55,7 @@ class PersonalizeConfig:
     if self.method not in METHODS:
       raise ValueError(f'personalize.method={self.method!r}: choose one of {METHODS}')
     if self.method == 'none':
-      for field in dataclasses.fields(self):
-        value = getattr(self, field.name)
-        if field.name != 'method' and value != field.default:
-          raise ValueError(f'personalize.{field.name}={value} is set but '
-                           'personalize.method=none: it applies only with '
-                           'personalize.method=finetune')
+      refuse_set_when_off(self, 'personalize', 'method', 'personalize.method=finetune')
       return
     if self.epochs < 1:
       raise ValueError(f'personalize.epochs={self.epochs}: must be at least 1')

@@ -8,7 +8,8 @@ every update of a round) is left out of the grid and reported as refused with
 the reason; the others train.
 
 Tables: one per metric (pooled test set and mean over hospitals, accuracy and
-ROC-AUC), rows defences, columns attacks, cells mean ± std over seeds; and what
+ROC-AUC), rows defences, columns attacks, cells mean ± std over seeds (a seed
+whose model diverged to NaN outputs is counted and left out); and what
 each defence costs without an attack: its no-attack cells minus those of
 `robust.name=none`, seed by seed (mean ± std of the paired differences).
 """
@@ -82,13 +83,21 @@ def _paired_differences(runs: Sequence[dict], baseline: Sequence[dict]) -> dict:
           for a, b in COLUMNS}
 
 
+def _cell(runs: Sequence[dict]) -> dict:
+  """`summarize` of a pair's seeds, with 'diverged': the number of seeds whose
+  model's outputs were NaN (their metrics are NaN and left out of the means)."""
+  diverged = sum(math.isnan(run['pooled']['accuracy']) for run in runs)
+  return {**summarize(runs), **({'diverged': diverged, 'seeds': len(runs)} if diverged else {})}
+
+
 def table(summaries: Mapping[str, Sequence[dict]], refused: Mapping[str, str],
           defences: Sequence[str], attacks: Sequence[str]) -> dict:
   """The runs' summaries -> {'cells': {defence: {attack: cell}}, 'cost_without_attack':
   {defence: cell}}.
 
   A cell is `privacy_sweep.summarize`'s {'pooled/accuracy': {mean, std, n}, ...}
-  over the pair's seeds, or {'refused': reason}. cost_without_attack (present when
+  over the pair's seeds (with 'diverged' and 'seeds' when a seed's model
+  diverged), or {'refused': reason}. cost_without_attack (present when
   'none' is among both the defences and the attacks, and the no-attack run of
   'none' trained): each trained defence's no-attack runs minus 'none''s, paired by seed.
   """
@@ -98,7 +107,7 @@ def table(summaries: Mapping[str, Sequence[dict]], refused: Mapping[str, str],
     for attack in attacks:
       name = setting_name(defence, attack)
       cells[defence][attack] = ({'refused': refused[name]} if name in refused
-                                else summarize(summaries[name]))
+                                else _cell(summaries[name]))
   result = {'cells': cells}
   baseline = setting_name(NONE, NONE)
   if NONE in attacks and baseline in summaries:
@@ -114,6 +123,17 @@ def _number(cell: dict, signed: bool = False) -> str:
   return f"{cell['mean']:{'+' if signed else ''}.3f} ± {cell['std']:.3f}"
 
 
+def _text(cell: dict, key: str, reasons: list[str]) -> str:
+  """One table cell: the refusal's footnote, or mean ± std with the diverged seeds."""
+  if 'refused' in cell:
+    return f"refused [{reasons.index(cell['refused']) + 1}]"
+  if not cell.get('diverged'):
+    return _number(cell[key])
+  if cell['diverged'] == cell['seeds']:
+    return f"diverged ({cell['seeds']} of {cell['seeds']} seeds)"
+  return f"{_number(cell[key])} ({cell['diverged']} of {cell['seeds']} seeds diverged)"
+
+
 def to_markdown(rows: dict, attacks: Sequence[str], caption: str) -> str:
   """Markdown of `table`'s result: a table per metric, refusals as footnotes, then
   the cost without attack."""
@@ -127,8 +147,7 @@ def to_markdown(rows: dict, attacks: Sequence[str], caption: str) -> str:
     lines += [f'**{heading}**', '', '| defence \\ attack | ' + ' | '.join(attacks) + ' |',
               '|---|' + '---|' * len(attacks)]
     for defence, row in rows['cells'].items():
-      cells = [f"refused [{reasons.index(row[a]['refused']) + 1}]" if 'refused' in row[a]
-               else _number(row[a][f'{scope}/{metric}']) for a in attacks]
+      cells = [_text(row[a], f'{scope}/{metric}', reasons) for a in attacks]
       lines.append(f'| {defence} | ' + ' | '.join(cells) + ' |')
     lines.append('')
   lines += [f'[{k}] refused: {reason}' for k, reason in enumerate(reasons, 1)]

@@ -64,13 +64,20 @@ def _membership_audit_outputs(output_dir: str) -> list[str]:
                 for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)))
 
 
+def _hash_arrays(digest, data: FederatedData, hospital: str):
+  """`digest` (a hashlib or hmac object) updated with `hospital`'s train/test
+  arrays; returns it."""
+  for array in (*data.train_arrays(hospital), *data.test[hospital]):
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest
+
+
 def data_fingerprint(data: FederatedData) -> str:
   """sha256 over every hospital's name and train/test arrays."""
   digest = hashlib.sha256()
   for hospital in data.hospitals:
     digest.update(hospital.encode())
-    for array in (*data.train_arrays(hospital), *data.test[hospital]):
-      digest.update(np.ascontiguousarray(array).tobytes())
+    _hash_arrays(digest, data, hospital)
   return digest.hexdigest()
 
 
@@ -130,6 +137,8 @@ class RunState:
     except audit_log.AuditLogError as e:
       raise FolderError(f'{e}: the audit log was edited; start again (overwrite=True) or '
                         'choose another output_dir') from None
+    self._audited = {entry['round'] for entry in self._log.entries()
+                     if entry['event'] == 'round'}
     identity = json.loads(json.dumps(json_safe(identity)))
     versions = asyncio.run(self._manager.get_versions()) or []
     self.saved_round = max(versions) if versions else 0
@@ -137,7 +146,7 @@ class RunState:
       raise FolderError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
                        'resume it (resume=True), start again (overwrite=True) or choose '
                        'another output_dir')
-    released = max(self.audited_rounds(), default=0)
+    released = max(self._audited, default=0)
     if released > self.saved_round:  # State is saved before its round is released.
       raise FolderError(
           f'{output_dir}: {AUDIT_FILE} shows round {released} released, but program_state/ '
@@ -177,9 +186,7 @@ class RunState:
       key = bytes.fromhex(f.read())
     fingerprints = {}
     for hospital in data.hospitals:
-      mac = hmac.new(key, digestmod=hashlib.sha256)
-      for array in (*data.train_arrays(hospital), *data.test[hospital]):
-        mac.update(np.ascontiguousarray(array).tobytes())
+      mac = _hash_arrays(hmac.new(key, digestmod=hashlib.sha256), data, hospital)
       fingerprints[hospital] = {'hmac_sha256': mac.hexdigest(),
                                 'train_rows': data.num_train(hospital),
                                 'test_rows': len(data.test[hospital][1]),
@@ -206,11 +213,14 @@ class RunState:
 
   def audited_rounds(self) -> set[int]:
     """Rounds the audit log already holds."""
-    return {entry['round'] for entry in self._log.entries() if entry['event'] == 'round'}
+    return set(self._audited)
 
   def audit(self, event: str, **payload) -> str:
     """Appends an entry to the audit log; returns its head (`AuditLog.append`)."""
-    return self._log.append(event, **payload)
+    head = self._log.append(event, **payload)
+    if event == 'round':
+      self._audited.add(payload['round'])
+    return head
 
   @property
   def audit_head(self) -> str:

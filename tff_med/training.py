@@ -256,7 +256,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
-        state = _one_round(plan, config, data, state, rng, loop, progress)
+        state = _one_round(plan, config, data, state, rng, loop, progress, audited=bool(saved))
         if loop.stopped:  # Nothing ran; a resumed run stops at the same check.
           break
         loop.rng_state = rng.bit_generator.state
@@ -290,8 +290,9 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         loop.personalized = record
         if saved:
           saved.save_after(state, loop.extras(plan))
-          saved.audit(event, session=loop.sessions, **_dp_entry(ledger[0], plan.ledger()))
-          ledger[0] = plan.ledger()
+          now = plan.ledger()
+          saved.audit(event, session=loop.sessions, **_dp_entry(ledger[0], now))
+          ledger[0] = now
       personal = personalization.personalize(plan, state, evaluation, loop.personalized,
                                               checkpoint, outputs, log)
     if saved:
@@ -320,9 +321,10 @@ def _restore(plan, saved: RunState | None, initial_state, loop: '_Loop', rng, lo
   return state, loop
 
 
-def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress):
+def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress,
+               audited: bool):
   """Runs round loop.round_num + 1 (or records why the run stops before it);
-  returns the state after it."""
+  returns the state after it. `audited`: whether its audit entry is written."""
   round_num = loop.round_num + 1
   round_start = time.monotonic()
   cohort = plan.cohort(list(data.hospitals), rng)
@@ -342,7 +344,7 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
                                  f'{config.min_clients}')
   else:
     result = plan.run_round(state, round_)
-  ledger = plan.ledger()
+  ledger = plan.ledger() if audited else None
   plan.account(round_, result)
   metrics = {'clients_in_round': len(cohort), 'reporting': len(round_.reporting),
              'applied': int(result.applied), **result.metrics,
@@ -361,7 +363,7 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress)
                'bytes_per_client': metrics.get('aggregator', {}).get('bytes_per_client')}),
            **({'note': result.note} if result.note else {}),
            **_dp_entry(ledger, plan.ledger()),
-           'model_sha256': plan.model_hashes(result.state)}
+           'model_sha256': plan.model_hashes(result.state)} if audited else None
   line, evaluated = progress.lines(round_num, metrics, result.note)
   held = [evaluated] if evaluated else []  # A function of the model: once it is saved.
   if plan.hides_cohort:

@@ -46,6 +46,7 @@ import dp_accounting
 from tensorflow_federated.python.aggregators import differential_privacy as tff_dp
 
 from tff_med.algorithms import BASELINES, AlgorithmConfig
+from tff_med.config_fields import refuse_set_when_off
 from tff_med.data.federated_data import FederatedData
 from tff_med.privacy import accounting
 from tff_med.privacy import dp_sgd
@@ -96,14 +97,10 @@ def check_level_none(config: PrivacyConfig) -> None:
   """With `level` none, every other field must keep its default: a run that
   silently ignored a noise multiplier or a budget would look private. ValueError
   naming the first field set."""
-  if config.level != 'none':
-    return
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if field.name != 'level' and value != field.default:
-      raise ValueError(f'privacy.{field.name}={value} is set but privacy.level=none: it '
-                       'applies only with privacy.level=record or privacy.level=client; '
-                       'without one of them the run is not private')
+  if config.level == 'none':
+    refuse_set_when_off(config, 'privacy', 'level',
+                        'privacy.level=record or privacy.level=client; without one of them '
+                        'the run is not private')
 
 
 def no_dp(data: FederatedData, updates: str) -> dict:
