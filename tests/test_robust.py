@@ -178,3 +178,17 @@ def test_impossible_combinations_are_refused_naming_the_fields(fields, message):
   keras_model_fn = functools.partial(build_keras_model, ModelConfig('logreg'), (4,), 0)
   with pytest.raises(ValueError, match=re.escape(message)):
     training.build_plan(_toy(), keras_model_fn, config, log=lambda _: None)
+
+
+@pytest.mark.parametrize('attack', ['stale', 'label_flip'])
+def test_an_attacked_run_resumes_from_its_saved_state(tmp_path, attack):
+  """The attack's server-side state (the stored stale update) loads back into
+  the structure `initialize` gives (a list, not the tuple a round returned)."""
+  data = _toy(3)
+  config = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1), rounds=2, batch_size=8,
+                       attack=AttackConfig(attack, 'h0'))
+  keras_model_fn = functools.partial(build_keras_model, ModelConfig('logreg'), (4,), 0)
+  first = training.run(data, keras_model_fn, config, str(tmp_path), log=lambda _: None)
+  again = training.run(data, keras_model_fn, config, str(tmp_path), log=lambda _: None)
+  assert again['status'] == 'completed' and again['rounds_completed'] == 2
+  assert again['pooled'] == first['pooled']

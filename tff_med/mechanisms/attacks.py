@@ -108,7 +108,9 @@ def _attacked_client_work(inner: tff.learning.templates.ClientWorkProcess,
   @tff.tensorflow.computation(update_type, np.bool_, update_type, np.float32)
   def remember(stored, has_stored, sent, attacker_in):
     first = tf.logical_and(tf.logical_not(has_stored), attacker_in > 0)
-    return (tuple(tf.where(first, s, old) for s, old in zip(tuple(sent), tuple(stored))),
+    # A list, as `no_update` gives: the state a round returns must have the
+    # structure of `initialize`'s, or a saved state cannot be loaded back.
+    return ([tf.where(first, s, old) for s, old in zip(tuple(sent), tuple(stored))],
             tf.logical_or(has_stored, attacker_in > 0))
 
   @tff.federated_computation(init_fn.type_signature.result,
