@@ -3,13 +3,19 @@
     python -m experiments.verify_audit_log RUN_DIR [--public_key=HEX]
     python -m experiments.verify_audit_log --new_key=study_key.pem
 
-Checks that audit_log.jsonl is an unbroken SHA-256 chain ending at the head in
-summary.json, the Ed25519 signature of that head (audit_log.sig; with
---public_key, by that key), that every logged epsilon equals dp_accounting's
-epsilon over the DP events logged up to it, and that each saved model holds the
-weights whose hash the last round logged. Exits 0, or 1 naming the first bad
-line. --new_key writes a new private key for `experiments.train --audit_key`
-and prints its public key.
+Checks (`tff_med.audit_log.verify_run`, which never loads a model) that
+summary.json exists and audit_log.jsonl is an unbroken SHA-256 chain ending at
+the head it records; the Ed25519 signature of that head (audit_log.sig),
+required with --public_key (by that key) or where summary.json names a key
+(without --public_key, by that key, with a warning: it proves only that the
+folder's writer held it); that every logged epsilon equals dp_accounting's
+epsilon over the DP events logged up to it, and summary.json's status and
+privacy block the log's; that each model_saved entry names a folder inside
+RUN_DIR whose files (serving signature, feature_schema.json, variables) and
+checkpoint weights are those logged, a global model's the last round's; and
+that no export under saved_model/ or personalized_model/ is unlogged. Exits 0,
+or 1 naming the first bad line or file. --new_key writes a new private key for
+`experiments.train --audit_key` and prints its public key.
 """
 
 import os
@@ -44,6 +50,10 @@ def main(argv):
     result = audit_log.verify_run(argv[1], _PUBLIC_KEY.value)
   except (audit_log.AuditLogError, OSError) as e:
     sys.exit(f'error: {e}')
+  if result['signed_by'] and not _PUBLIC_KEY.value:
+    print(f"warning: the signature was checked against the key {result['signed_by'][:16]}... "
+          'that the folder itself names: it proves only that whoever wrote the folder held '
+          'that key; give --public_key=HEX of the key you trust', file=sys.stderr)
   print(f"{argv[1]}: audit log verified: {result['entries']} entries, head "
         f"{result['head'][:16]}..., {result['epsilons_checked']} epsilons recomputed, "
         f"{result['models_checked']} saved model(s) match"

@@ -1,10 +1,14 @@
 """The audit log's hash chain against an editor of the file: every change,
 deletion, insertion, reordering or cut is detected and names the first bad line;
-a resumed writer continues the chain; the Ed25519 signature binds the head."""
+a resumed writer continues the chain; the Ed25519 signature binds the head.
+The verifier against a hostile folder: it never loads a model (a Lambda layer's
+code does not run) and refuses a logged model path outside the folder."""
 
 import json
+import os
 
 import pytest
+import tensorflow as tf
 
 from tff_med import audit_log
 
@@ -90,3 +94,56 @@ def test_signature_binds_the_head_to_the_key(tmp_path):
   with pytest.raises(ValueError, match='audit_key=.*not an Ed25519 key|cannot read'):
     (tmp_path / 'bad.pem').write_text('not a key')
     audit_log.sign_head(head, str(tmp_path / 'bad.pem'), str(tmp_path))
+
+
+def _hostile_run(run_dir, model, path='saved_model', files_sha256=None):
+  """A folder as a hostile writer with the code in hand leaves it: `model`
+  exported to RUN_DIR/saved_model, a chain whose round and model_saved entries
+  (naming `path`) hash it, summary.json recording the head."""
+  run_dir.mkdir(exist_ok=True)
+  model.save(run_dir / 'saved_model', save_format='tf')
+  weights = audit_log.keras_weights_sha256(model)
+  log = audit_log.AuditLog(str(run_dir / audit_log.LOG_FILE))
+  log.append('round', round=1, model_sha256={'global': weights})
+  log.append('model_saved', model='global', path=path, model_sha256=weights,
+             files_sha256=files_sha256 or audit_log.export_sha256(str(run_dir), path))
+  head = log.append('completed', session=1, after_round=1)
+  (run_dir / 'summary.json').write_text(json.dumps({'status': 'completed',
+                                                    'audit_log_sha256': head}))
+
+
+def _no_loading(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError(f'the verifier deserialised a model: {args}')
+  monkeypatch.setattr(tf.keras.models, 'load_model', refuse)
+  monkeypatch.setattr(tf.saved_model, 'load', refuse)
+
+
+def test_verifying_a_hostile_folder_runs_none_of_its_model_code(tmp_path):
+  marker = tmp_path / 'pwned'
+  inputs = tf.keras.Input((3,))
+  touched = tf.keras.layers.Lambda(  # Keras rebuilds this from bytecode on loading.
+      lambda x, m=str(marker): (__import__('os').system('touch ' + m), x)[1])(inputs)
+  evil = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(touched))
+  _hostile_run(tmp_path / 'run', evil)
+  marker.unlink()  # Created while tracing at save time.
+  result = audit_log.verify_run(str(tmp_path / 'run'))
+  assert result['models_checked'] == 1  # Files and checkpoint weights hashed ...
+  assert not marker.exists()            # ... without running the model's code.
+
+
+@pytest.mark.parametrize('where', ['absolute', 'dotdot', 'symlink'])
+def test_a_logged_model_outside_the_run_folder_is_refused(tmp_path, monkeypatch, where):
+  outside = tmp_path / 'outside'
+  model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(1)])
+  model.save(outside, save_format='tf')
+  run_dir = tmp_path / 'run'
+  path = {'absolute': str(outside), 'dotdot': '../outside', 'symlink': 'linked'}[where]
+  if where == 'symlink':
+    run_dir.mkdir()
+    os.symlink(outside, run_dir / 'linked')
+  _hostile_run(run_dir, model, path, files_sha256='0' * 64)
+  _no_loading(monkeypatch)
+  with pytest.raises(audit_log.AuditLogError,
+                     match='line 2: .*(outside the run folder|not a path relative)'):
+    audit_log.verify_run(str(run_dir))

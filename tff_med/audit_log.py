@@ -19,17 +19,22 @@ log; hashing and signing are hashlib's and the `cryptography` package's.
 """
 
 import datetime
+import functools
 import hashlib
 import json
 import math
 import os
+import re
+import stat
 from collections.abc import Iterator
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 import dp_accounting
+from google.protobuf.message import DecodeError
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tff_med.outputs import json_safe
 from tff_med.privacy import accounting
@@ -193,6 +198,86 @@ def keras_weights_sha256(model: tf.keras.Model) -> str:
   return weights_sha256([w.numpy() for w in model.trainable_weights + model.non_trainable_weights])
 
 
+# Where a run exports models (`outputs.RunOutputs.save_models`; `personalization.FOLDER`).
+MODEL_FOLDER, PERSONALIZED_FOLDER = 'saved_model', 'personalized_model'
+_MODEL_FILE = 'saved_model.pb'
+
+
+def _inside(run_dir: str, path) -> str:
+  """The real path of `path` (relative, from the log) inside `run_dir`;
+  AuditLogError for an absolute path or one that leaves the folder (through
+  '..' or a symbolic link)."""
+  if not isinstance(path, str) or not path or os.path.isabs(path):
+    raise AuditLogError(f'{path!r}: not a path relative to the run folder')
+  root = os.path.realpath(run_dir)
+  full = os.path.realpath(os.path.join(root, path))
+  if full == root or os.path.commonpath([root, full]) != root:
+    raise AuditLogError(f'{path!r}: outside the run folder {run_dir}')
+  return full
+
+
+def export_sha256(run_dir: str, path: str) -> str:
+  """SHA-256 of the model export at RUN_DIR/PATH (`path` relative), as it is on
+  disk, without loading it: over every file below it (saved_model.pb with the
+  serving signature, keras_metadata.pb, fingerprint.pb, variables/*,
+  feature_schema.json) in sorted relative-path order ('/'-separated), each as
+  'PATH NUL SIZE NUL' then its bytes. AuditLogError for a symbolic link or
+  anything else that is not a folder or a regular file."""
+  root = _inside(run_dir, path)
+  if not os.path.isfile(os.path.join(root, _MODEL_FILE)):
+    raise AuditLogError(f'{path}: no {_MODEL_FILE}, not a model export')
+  files = []
+  for folder, dirs, names in os.walk(root):
+    for name in dirs + names:
+      mode = os.lstat(os.path.join(folder, name)).st_mode
+      if not (stat.S_ISDIR(mode) if name in dirs else stat.S_ISREG(mode)):
+        raise AuditLogError(f'{os.path.join(path, os.path.relpath(folder, root), name)}: '
+                            'a link or special file in a model export')
+    files += [os.path.relpath(os.path.join(folder, n), root).replace(os.sep, '/')
+              for n in names]
+  digest = hashlib.sha256()
+  for name in sorted(files):
+    with open(os.path.join(root, name), 'rb') as f:
+      digest.update(f'{name}\0{os.fstat(f.fileno()).st_size}\0'.encode())
+      for block in iter(lambda: f.read(1 << 20), b''):
+        digest.update(block)
+  return digest.hexdigest()
+
+
+def export_weights_sha256(export_dir: str) -> str:
+  """`keras_weights_sha256` of the Keras SavedModel at `export_dir`, read from
+  its checkpoint (variables/variables) with `tf.train.load_checkpoint`: the
+  model is never deserialised, so none of its code runs. Order: the checkpoint's
+  object graph root lists `trainable_variables` and `variables` (every weight,
+  in layer order); the trainable ones, then the rest of `variables` in that
+  order (Keras' trainable_weights + non_trainable_weights)."""
+  try:
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, 'variables', 'variables'))
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+
+    def listed(name: str) -> list[str]:
+      lists = [c.node_id for c in graph.nodes[0].children if c.local_name == name]
+      children = sorted(graph.nodes[lists[0]].children, key=lambda c: int(c.local_name))
+      return [next(a.checkpoint_key for a in graph.nodes[c.node_id].attributes
+                   if a.name == 'VARIABLE_VALUE') for c in children]
+
+    trainable = listed('trainable_variables')
+    keys = trainable + [k for k in listed('variables') if k not in trainable]
+    return weights_sha256([reader.get_tensor(k) for k in keys])
+  except (tf.errors.OpError, DecodeError, IndexError, StopIteration, ValueError) as e:
+    raise AuditLogError(f'{export_dir}: cannot read the Keras weights from its checkpoint '
+                        f'({type(e).__name__}: {e})') from None
+
+
+def model_saved(run_dir: str, path: str, model_sha256: str, **fields) -> dict:
+  """The payload of a `model_saved` entry for the export at RUN_DIR/PATH:
+  `fields` (e.g. model=name), its folder, the SHA-256 of its weights and of its
+  files (`export_sha256`)."""
+  return {**fields, 'path': path, 'model_sha256': model_sha256,
+          'files_sha256': export_sha256(run_dir, path)}
+
+
 def _merge(counted: dict, added: dict) -> None:
   """Adds `added` ({view: {unit: [[event_json, count]]}}) into `counted` in place."""
   for view, units in added.items():
@@ -213,11 +298,79 @@ def _close(a, b) -> bool:
   return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _epsilon(counted: dict, view: str, units, delta: float, accountant: str):
+  """Epsilon (JSON) of the DP events `counted` for `units` of `view`, composed."""
+  return _composed(json.dumps([pair for unit in units
+                               for pair in counted.get(view, {}).get(unit, [])]),
+                   delta, accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _composed(events_json: str, delta: float, accountant: str):
+  """Epsilon (JSON) of [[event as JSON, count]] (`events_json`), composed; cached:
+  a log verified again, or one sharing another's events, is not recomputed."""
+  events = [dp_accounting.SelfComposedDpEvent(accounting.event_from_json(e), n)
+            for e, n in json.loads(events_json)]
+  return json_safe(accounting.epsilon(events, delta, accountant))
+
+
+def _summary(run_dir: str) -> dict:
+  """summary.json of `run_dir`, which must exist and record the log's head."""
+  path = os.path.join(run_dir, 'summary.json')
+  if not os.path.isfile(path):
+    raise AuditLogError(f'{run_dir}: no summary.json: a run writes it (with the log\'s head) '
+                        'when it completes or is interrupted; a folder without one was killed '
+                        'mid-run or had it removed, and cannot be verified')
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise AuditLogError(f'{path}: not JSON ({e})') from None
+  if not isinstance(summary, dict) or not isinstance(summary.get('audit_log_sha256'), str):
+    raise AuditLogError(f'{path}: no audit_log_sha256 (the head of the log it summarises)')
+  return summary
+
+
+def _signature(run_dir: str, head: str, public_key: str | None, named: str | None) -> str | None:
+  """The key that signed `head` (None: unsigned). The signature is required
+  where `public_key` is given or summary.json names a key (`named`); without
+  `public_key` it is checked against the key the folder names."""
+  expected = public_key or named
+  if not expected and not os.path.exists(os.path.join(run_dir, SIGNATURE_FILE)):
+    return None
+  if not os.path.exists(os.path.join(run_dir, SIGNATURE_FILE)):
+    raise AuditLogError(f'{run_dir}: no {SIGNATURE_FILE}, but a signature by {expected[:16]}... '
+                        'was expected (' + ('--public_key' if public_key else
+                                            'summary.json\'s audit_log_public_key') + ')')
+  if public_key and named and named != public_key:
+    raise AuditLogError(f'{run_dir}/summary.json: audit_log_public_key {named[:16]}... is not '
+                        f'the expected {public_key[:16]}...')
+  return check_signature(run_dir, head, expected)
+
+
 def verify_run(run_dir: str, public_key: str | None = None) -> dict:
-  """Re-checks a run's audit log: the chain and its head against summary.json,
-  the signature (if audit_log.sig exists, or `public_key` is given), every
-  logged epsilon against dp_accounting run on the DP events logged up to it,
-  and each saved model's weights against the hash logged for the last round.
+  """Re-checks a run's folder against its audit log, never loading a model:
+
+  - summary.json exists and its `audit_log_sha256` is the head of an unbroken
+    chain;
+  - audit_log.sig signs that head, required where `public_key` is given or
+    summary.json names `audit_log_public_key` (without `public_key` it is
+    checked against that named key, which proves only that whoever wrote the
+    folder held it);
+  - every logged epsilon equals dp_accounting's over the DP events logged up to
+    it;
+  - summary.json's `status` is the log's last event, and its privacy block
+    (accountant, delta, epsilon, epsilon_adversary, per_hospital, each
+    adversary's epsilon and per_unit, substitution,
+    patient_at_every_hospital_epsilon, and every 'ε=' / 'δ=' number of its
+    statement) equals the last logged epsilons (no DP logged: epsilon 'inf'
+    for privacy.level none, else 0);
+  - each `model_saved` entry names a folder inside `run_dir`; a global or
+    hospital model's weights hash is the last round's; the last entry per
+    folder matches the export on disk: its files (`export_sha256`: serving
+    signature, feature_schema.json, variables) and the weights read from its
+    checkpoint (`export_weights_sha256`);
+  - every export under saved_model/ and personalized_model/ has such an entry.
 
   Returns {'entries', 'head', 'epsilons_checked', 'models_checked', 'signed_by'}.
   Raises:
@@ -226,46 +379,145 @@ def verify_run(run_dir: str, public_key: str | None = None) -> dict:
   path = os.path.join(run_dir, LOG_FILE)
   if not os.path.isfile(path):
     raise AuditLogError(f'{run_dir}: no {LOG_FILE}')
-  summary_path = os.path.join(run_dir, 'summary.json')
-  head = None
-  if os.path.isfile(summary_path):
-    with open(summary_path) as f:
-      head = json.load(f).get('audit_log_sha256')
+  summary = _summary(run_dir)
+  head = summary['audit_log_sha256']
   entries = verify_chain(path, expected_head=head)
-  head = head or (line_hash(_last_line(path)) if entries else GENESIS)
-  signed_by = None
-  if public_key or os.path.exists(os.path.join(run_dir, SIGNATURE_FILE)):
-    if not os.path.exists(os.path.join(run_dir, SIGNATURE_FILE)):
-      raise AuditLogError(f'{run_dir}: no {SIGNATURE_FILE}, but a signature by '
-                          f'{public_key[:16]}... was expected')
-    signed_by = check_signature(run_dir, head, public_key)
-  counted, checked, last_models, models_checked = {}, 0, None, 0
+  signed_by = _signature(run_dir, head, public_key, summary.get('audit_log_public_key'))
+  counted, checked, last_models, last_dp, saved = {}, 0, None, None, {}
   for number, entry in enumerate(entries, start=1):
     where = f'{path}, line {number}'
     _merge(counted, entry.get('dp_events', {}))
     for view, units in entry.get('epsilon', {}).items():
       for unit, logged in units.items():
-        events = [dp_accounting.SelfComposedDpEvent(accounting.event_from_json(e), n)
-                  for e, n in counted.get(view, {}).get(unit, [])]
-        recomputed = json_safe(accounting.epsilon(events, entry['delta'], entry['accountant']))
+        recomputed = _epsilon(counted, view, [unit], entry['delta'], entry['accountant'])
         if not _close(logged, recomputed):
           raise AuditLogError(f'{where}: epsilon of {unit} against {view} is logged as '
                               f'{logged}, but the logged DP events give {recomputed}')
         checked += 1
+    if 'epsilon' in entry:
+      last_dp = (number, entry)
     if entry['event'] == 'round':
       last_models = entry.get('model_sha256')
     if entry['event'] == 'model_saved':
-      if last_models is None or entry['model_sha256'] != last_models.get(
-          entry.get('model') or 'global'):
+      try:
+        folder = os.path.relpath(_inside(run_dir, entry.get('path')),
+                                 os.path.realpath(run_dir))
+      except AuditLogError as e:
+        raise AuditLogError(f'{where}: model path {e}') from None
+      if folder.split(os.sep)[0] != PERSONALIZED_FOLDER and (
+          last_models is None or entry.get('model_sha256') != last_models.get(
+              entry.get('model') or 'global')):
         raise AuditLogError(f'{where}: the saved model\'s hash is not the last round\'s')
-      model = tf.keras.models.load_model(os.path.join(run_dir, entry['path']), compile=False)
-      if keras_weights_sha256(model) != entry['model_sha256']:
-        raise AuditLogError(f'{where}: {entry["path"]} holds other weights than logged')
-      models_checked += 1
+      saved[folder] = (where, entry)
+  for folder, (where, entry) in saved.items():
+    if export_sha256(run_dir, folder) != entry.get('files_sha256'):
+      raise AuditLogError(f'{where}: the files of {entry["path"]} (serving signature, '
+                          'feature_schema.json, variables) differ from those logged')
+    if export_weights_sha256(os.path.join(run_dir, folder)) != entry.get('model_sha256'):
+      raise AuditLogError(f'{where}: {entry["path"]} holds other weights than logged')
+  _check_exports(run_dir, saved)
+  summary_path = os.path.join(run_dir, 'summary.json')
+  if summary.get('status') != (entries[-1]['event'] if entries else None):
+    raise AuditLogError(f'{summary_path}: status {summary.get("status")!r}, but the log ends '
+                        f'with {entries[-1]["event"] if entries else "nothing"!r}')
+  _check_privacy(summary_path, summary.get('privacy'), last_dp, counted)
   return {'entries': len(entries), 'head': head, 'epsilons_checked': checked,
-          'models_checked': models_checked, 'signed_by': signed_by}
+          'models_checked': len(saved), 'signed_by': signed_by}
 
 
-def _last_line(path: str) -> str:
-  with open(path) as f:
-    return f.read().splitlines()[-1]
+def _check_exports(run_dir: str, saved: dict) -> None:
+  """AuditLogError naming a model export under saved_model/ or
+  personalized_model/ that no `model_saved` entry covers."""
+  for top in (MODEL_FOLDER, PERSONALIZED_FOLDER):
+    for folder, _, names in os.walk(os.path.join(run_dir, top)):
+      export = os.path.relpath(folder, run_dir)
+      if _MODEL_FILE in names and export not in saved:
+        raise AuditLogError(f'{os.path.join(run_dir, export)}: a model export the audit log '
+                            'does not record (no model_saved entry)')
+
+
+def _check_privacy(path: str, privacy, last_dp: tuple | None, counted: dict) -> None:
+  """AuditLogError naming the first field of summary.json's privacy block that
+  differs from the last epsilons the log records (`last_dp`: (line, entry),
+  each epsilon already recomputed) or from what follows from them."""
+  where = f' (line {last_dp[0]})' if last_dp else ''
+
+  def check(field: str, said, expected) -> None:
+    if not _same(said, expected):
+      raise AuditLogError(f'{path}: privacy.{field} is {said!r}, but the audit log gives '
+                          f'{expected!r}{where}')
+
+  if not isinstance(privacy, dict):
+    if last_dp:
+      raise AuditLogError(f'{path}: no privacy block, but the audit log records DP epsilons')
+    return
+  if last_dp is None:
+    check('epsilon', privacy.get('epsilon'), 'inf' if privacy.get('level') == 'none' else 0.0)
+    return
+  entry = last_dp[1]
+  delta, logged = entry['delta'], entry['epsilon']
+  worst = {view: max(units.values(), key=_number) for view, units in logged.items()}
+  headline = max(worst.values(), key=_number)
+  check('accountant', privacy.get('accountant'), entry['accountant'])
+  check('delta', privacy.get('delta'), delta)
+  check('epsilon', privacy.get('epsilon'), headline)
+  adversary = privacy.get('epsilon_adversary')
+  if not isinstance(adversary, str) or adversary not in logged or not _same(
+      worst[adversary], headline):
+    raise AuditLogError(f'{path}: privacy.epsilon_adversary is {adversary!r}, but the '
+                        f'largest epsilon the audit log gives is against '
+                        f'{[v for v in logged if _same(worst[v], headline)]}{where}')
+  adversaries = _dict(privacy.get('adversaries'))
+  for field, block, units in [('per_hospital', privacy.get('per_hospital'), logged[adversary])] + [
+      (f'adversaries.{view}.per_unit', _dict(adversaries.get(view)).get('per_unit'), units)
+      for view, units in logged.items()]:
+    block = _dict(block)
+    check(f'{field} (hospitals)', sorted(block), sorted(units))
+    for unit, eps in units.items():
+      check(f'{field}.{unit}.epsilon', _dict(block[unit]).get('epsilon'), eps)
+      check(f'{field}.{unit}.delta', _dict(block[unit]).get('delta'), delta)
+  for view in logged:
+    check(f'adversaries.{view}.epsilon', _dict(adversaries.get(view)).get('epsilon'),
+          worst[view])
+  substitution = json_safe(accounting.substitution_bound(_number(headline), delta))
+  for name, value in zip(('epsilon', 'delta'), substitution):
+    check(f'substitution.{name}', _dict(privacy.get('substitution')).get(name), value)
+  known = {'ε': [*worst.values(), substitution[0]], 'δ': [delta, substitution[1]]}
+  if 'patient_at_every_hospital_epsilon' in privacy:
+    joint = _epsilon(counted, 'everyone', counted.get('everyone', {}), delta,
+                     entry['accountant'])
+    check('patient_at_every_hospital_epsilon', privacy['patient_at_every_hospital_epsilon'],
+          joint)
+    known['ε'].append(joint)
+  # The statement, in words: each number it gives as 'ε=' or 'δ=' must be one of
+  # those above as written (3 significant digits, or %g), the headline among them.
+  statement = str(privacy.get('statement'))
+  written = {symbol: {f'{_number(x):{spec}}' for x in values for spec in ('.3g', 'g')}
+             for symbol, values in known.items()}
+  for symbol, number in re.findall(r'(ε|δ)=([-+.\w]+)', statement):
+    if number not in written[symbol]:
+      raise AuditLogError(f'{path}: privacy.statement says {symbol}={number}, which is none '
+                          'of the values the audit log gives '
+                          f'({", ".join(sorted(written[symbol]))}){where}')
+  if math.isfinite(_number(headline)) and f'ε={_number(headline):.3g}' not in statement:
+    raise AuditLogError(f'{path}: privacy.statement does not state the logged epsilon '
+                        f'ε={_number(headline):.3g}{where}')
+
+
+def _dict(value) -> dict:
+  return value if isinstance(value, dict) else {}
+
+
+def _same(said, expected) -> bool:
+  """`said` (from summary.json) equals `expected`: numbers (or 'inf') by `_close`."""
+  if expected == 'inf' or isinstance(expected, (int, float)) and not isinstance(expected, bool):
+    try:
+      return _close(said, expected)
+    except (TypeError, ValueError):
+      return False
+  return said == expected
+
+
+def _number(value) -> float:
+  """A JSON epsilon (a number, or 'inf') as a float."""
+  return math.inf if value == 'inf' else float(value)

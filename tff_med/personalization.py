@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med import audit_log
 from tff_med.config_fields import refuse_set_when_off
 from tff_med.evaluation import binary_metrics, mean_over_hospitals
 from tff_med.models.tff_model import loss as model_loss
@@ -143,7 +144,8 @@ def _dp_finetune(task, global_model: tf.keras.Model, dp, lr: float) -> dict[str,
 
 def personalize(plan, state, evaluation: dict, previous: dict | None,
                 checkpoint: Callable[[dict, str], None], outputs=None,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print,
+                audit: Callable[..., object] | None = None) -> dict:
   """Fine-tunes the final model of `plan` (state `state`) on each hospital;
   returns the fields it adds to the summary ('personalization', and lines of
   'privacy.released').
@@ -157,6 +159,8 @@ def personalize(plan, state, evaluation: dict, previous: dict | None,
       included), and an event name for the audit: called before anything of
       the fine-tuning is released.
     outputs: `RunOutputs` that saves the models (None: not saved).
+    audit: `RunState.audit`, which records each saved model in the audit log
+      (`model_saved`, with `audit_log.model_saved`'s hashes); None: no log.
   """
   if previous and previous.get('block') is not None:
     log('personalisation: done by an earlier session (its DP charge, if any, is in the '
@@ -209,6 +213,10 @@ def personalize(plan, state, evaluation: dict, previous: dict | None,
       per_hospital[hospital]['steps'] = dp.personal_steps(hospital)
     if outputs:
       outputs.save_model(model, hospital=hospital, folder=FOLDER)
+      if audit:
+        audit('model_saved', **audit_log.model_saved(
+            outputs.output_dir, f'{FOLDER}/{hospital}', audit_log.keras_weights_sha256(model),
+            model='personalized', hospital=hospital))
   block['per_hospital'] = per_hospital
   block['mean_hospital'] = {
       kind: mean_over_hospitals({h: m[kind] for h, m in per_hospital.items()})

@@ -281,7 +281,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       hashes = plan.model_hashes(state)
       for name, path in outputs.save_models(plan.models(state)):
         if saved:
-          saved.audit('model_saved', model=name, path=path, model_sha256=hashes[name])
+          saved.audit('model_saved', **audit_log.model_saved(output_dir, path, hashes[name],
+                                                             model=name))
     personal = None
     if finished and config.personalize.finetune_epochs:
       ledger = [plan.ledger()]
@@ -294,7 +295,8 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
           saved.audit(event, session=loop.sessions, **_dp_entry(ledger[0], now))
           ledger[0] = now
       personal = personalization.personalize(plan, state, evaluation, loop.personalized,
-                                              checkpoint, outputs, log)
+                                              checkpoint, outputs, log,
+                                              audit=saved.audit if saved else None)
     if saved:
       saved.audit(status, session=loop.sessions, after_round=loop.round_num)
   summary = _merged(_summary(plan, config, data, evaluation, loop, status, extra_summary),
