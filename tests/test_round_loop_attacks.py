@@ -19,20 +19,31 @@ was false with the new loop, demonstrated on toy data.
   folder, deleted) was resumed or restarted silently: rounds already released
   were trained again with fresh noise and charged once, and their new
   releases were dropped as duplicates.
+- E: under amplification the audit log's `started` entry was written before
+  training and every other entry after it, and TensorBoard's event file was
+  created at start: the gap between their times timed the training, which
+  grows with the secret cohorts (a hospital with more records trains longer).
 (A round cut after its hospitals trained but before its state was saved is
 trained again and charged once: in this single-process simulation its
 aggregate never left the process; README "Resuming and interrupting".)
 """
 
+import datetime
+import glob
+import json
 import math
+import os
 import re
 import shutil
+import time
 
 import pytest
+import tensorflow as tf
 
-from tff_med import training
+from tff_med import outputs, training
 from tff_med.algorithms import AlgorithmConfig
 from tff_med.mechanisms.round_plan import PlanWrapper
+from tff_med.personalization import PersonalizeConfig
 from tff_med.privacy.dp_account import PrivacyConfig
 from tff_med.secure_agg.config import SecureAggConfig
 
@@ -154,8 +165,71 @@ def test_d_state_behind_the_audit_of_released_rounds_is_refused(tmp_path, delete
   recorded = lambda: _Recorder(training.build_plan(data, _keras, config, log=_quiet), runs)
   training.run(data, _keras, config, str(tmp_path), plan=recorded(), log=_quiet)
   shutil.rmtree(tmp_path / deleted)
-  with pytest.raises(ValueError, match='audit_log.jsonl shows round 3 released'):
+  with pytest.raises(ValueError, match='audit_log.jsonl records releases after program '
+                     'state version 3'):
     training.run(data, _keras, config, str(tmp_path), plan=recorded(), log=_quiet)
   assert [r for r, _, _ in runs] == [1, 2, 3]  # Nothing trained again.
   summary = training.run(data, _keras, config, str(tmp_path), log=_quiet, overwrite=True)
   assert summary['status'] == 'completed' and summary['sessions'] == 1
+
+
+def test_d_state_behind_the_audit_of_a_personalised_release_is_refused(tmp_path, monkeypatch):
+  """Record-level DP with fine-tuning: the process dies while the personalised
+  models are saved, after the first one left; then the newest program state
+  (which holds the fine-tuning's write-ahead charge) is deleted. Resumed from
+  the older state the run would fine-tune again with fresh noise and charge it
+  once: refuse."""
+  data = _data()
+  config = _config(rounds=2, privacy=RECORD_DP,
+                   personalize=PersonalizeConfig('finetune', epochs=1))
+  save_model, saved = outputs.RunOutputs.save_model, []
+
+  def dies_at_the_second_personalised_model(self, model, hospital=None, folder='saved_model'):
+    if folder == 'personalized_model':
+      saved.append(hospital)
+      if len(saved) == 2:
+        raise _Killed
+    return save_model(self, model, hospital, folder)
+
+  monkeypatch.setattr(outputs.RunOutputs, 'save_model', dies_at_the_second_personalised_model)
+  with pytest.raises(_Killed):
+    training.run(data, _keras, config, str(tmp_path), log=_quiet)
+  newest = max(os.listdir(tmp_path / 'program_state'),
+               key=lambda name: int(re.sub(r'\D', '', name) or 0))
+  shutil.rmtree(tmp_path / 'program_state' / newest)
+  monkeypatch.setattr(outputs.RunOutputs, 'save_model', save_model)
+  with pytest.raises(ValueError, match='records releases after program state version 3'):
+    training.run(data, _keras, config, str(tmp_path), log=_quiet)
+
+
+class _LastRoundEnd(PlanWrapper):
+  """Sleeps in each round (as training a cohort takes time) and records when
+  the last round ended."""
+  ended = 0.0
+
+  def run_round(self, state, round_):
+    time.sleep(0.3)
+    result = self.inner.run_round(state, round_)
+    self.ended = time.time()
+    return result
+
+
+def test_e_under_a_hidden_cohort_no_released_time_is_earlier_than_the_last_round(tmp_path):
+  config = _config(rounds=3, clients_per_round=2,
+                   privacy=PrivacyConfig('client', noise_multiplier=1.0, target_delta=1e-2))
+  plan = _LastRoundEnd(training.build_plan(_data(), _keras, config, log=_quiet))
+  assert plan.hides_cohort
+  started = time.time()
+  training.run(_data(), _keras, config, str(tmp_path), plan=plan, log=_quiet)
+  assert plan.ended - started > 0.9
+  with open(tmp_path / 'audit_log.jsonl') as f:
+    entries = [json.loads(line) for line in f]
+  assert [e['event'] for e in entries][:2] == ['started', 'round']
+  times = [datetime.datetime.fromisoformat(e['time'].replace('Z', '+00:00')).timestamp()
+           for e in entries]
+  assert min(times) >= plan.ended - 0.01
+  events = glob.glob(str(tmp_path / 'tensorboard' / '**' / '*tfevents*'), recursive=True)
+  walls = [e.wall_time for path in events for e in tf.compat.v1.train.summary_iterator(path)]
+  assert walls and min(walls) >= plan.ended - 0.01
+  for path in events:  # The event file's name carries its creation time too.
+    assert int(re.search(r'tfevents\.(\d+)\.', path).group(1)) >= int(plan.ended)

@@ -58,14 +58,18 @@ class RunOutputs:
     self.tensorboard_dir = os.path.join(output_dir, TENSORBOARD_DIR)
     self.csv_path = os.path.join(output_dir, 'metrics.csv')
     self.summary_path = os.path.join(output_dir, 'summary.json')
-    self._release_manager = tff.program.GroupingReleaseManager([
-        tff.program.TensorBoardReleaseManager(self.tensorboard_dir),
-        tff.program.CSVFileReleaseManager(
-            self.csv_path, save_mode=tff.program.CSVSaveMode.WRITE, key_fieldname='round'),
-    ])
+    self._release_manager = None
 
   def release(self, metrics: dict, round_num: int) -> None:
-    """Releases nested scalar `metrics` (names joined by '/') for `round_num`."""
+    """Releases nested scalar `metrics` (names joined by '/') for `round_num`.
+    The event file and CSV are created at the first release, not before: their
+    creation times (and the event file's name) would date the run's start."""
+    if self._release_manager is None:
+      self._release_manager = tff.program.GroupingReleaseManager([
+          tff.program.TensorBoardReleaseManager(self.tensorboard_dir),
+          tff.program.CSVFileReleaseManager(
+              self.csv_path, save_mode=tff.program.CSVSaveMode.WRITE, key_fieldname='round'),
+      ])
     asyncio.run(self._release_manager.release(metrics, key=round_num))
 
   @property

@@ -56,6 +56,7 @@ OUTPUTS = (STATE_DIR, AUDIT_FILE, 'summary.json', 'metrics.csv', 'tensorboard', 
 # them with it and a folder holding them but no program state is refused. Glob
 # patterns.
 MEMBERSHIP_AUDIT_OUTPUTS = ('audit.json', 'audit_local_*')
+SESSION_EVENTS = ('started', 'resumed')  # The audit log's entries that open a session.
 
 
 def _membership_audit_outputs(output_dir: str) -> list[str]:
@@ -137,8 +138,13 @@ class RunState:
     except audit_log.AuditLogError as e:
       raise FolderError(f'{e}: the audit log was edited; start again (overwrite=True) or '
                         'choose another output_dir') from None
-    self._audited = {entry['round'] for entry in self._log.entries()
-                     if entry['event'] == 'round'}
+    entries = self._log.entries()
+    self._audited = {entry['round'] for entry in entries if entry['event'] == 'round'}
+    # The newest state version an entry was written after (older logs: rounds only).
+    logged_version = max((entry.get('state_version', entry.get('round', 0))
+                          for entry in entries), default=0)
+    self._sessions = {entry['session'] for entry in entries
+                      if entry['event'] in SESSION_EVENTS}
     identity = json.loads(json.dumps(json_safe(identity)))
     versions = asyncio.run(self._manager.get_versions()) or []
     self.saved_round = max(versions) if versions else 0
@@ -146,14 +152,14 @@ class RunState:
       raise FolderError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
                        'resume it (resume=True), start again (overwrite=True) or choose '
                        'another output_dir')
-    released = max(self._audited, default=0)
-    if released > self.saved_round:  # State is saved before its round is released.
+    if logged_version > self.saved_round:  # State is saved before anything is released.
       raise FolderError(
-          f'{output_dir}: {AUDIT_FILE} shows round {released} released, but program_state/ '
-          f'holds {f"round {self.saved_round}" if self.saved_round else "no state"} (deleted?): '
-          'continuing would train released rounds again with fresh noise, and a ledger that '
-          'forgot them would charge them once. Start again (overwrite=True) or choose '
-          'another output_dir')
+          f'{output_dir}: {AUDIT_FILE} records releases after program state version '
+          f'{logged_version}, but program_state/ holds '
+          f'{f"version {self.saved_round}" if self.saved_round else "no state"} (deleted?): '
+          'continuing would train or fine-tune again with fresh noise what was released, and '
+          'a ledger that forgot it would charge it once. Start again (overwrite=True) or '
+          'choose another output_dir')
     leftovers = [] if self.saved_round else _earlier_outputs(output_dir)
     if leftovers:  # A fresh run would add its event files and rows to theirs.
       raise FolderError(
@@ -215,11 +221,19 @@ class RunState:
     """Rounds the audit log already holds."""
     return set(self._audited)
 
+  def audited_sessions(self) -> set[int]:
+    """Sessions whose start the audit log already holds."""
+    return set(self._sessions)
+
   def audit(self, event: str, **payload) -> str:
-    """Appends an entry to the audit log; returns its head (`AuditLog.append`)."""
-    head = self._log.append(event, **payload)
+    """Appends an entry to the audit log, with `state_version`: the program
+    state it follows (a folder whose state is older is refused); returns its
+    head (`AuditLog.append`)."""
+    head = self._log.append(event, state_version=self.saved_round, **payload)
     if event == 'round':
       self._audited.add(payload['round'])
+    elif event in SESSION_EVENTS:
+      self._sessions.add(payload['session'])
     return head
 
   @property

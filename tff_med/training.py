@@ -125,7 +125,9 @@ class _Loop:
   """What the loop carries between rounds, and saves with the process state."""
   round_num: int = 0
   rng_state: dict | None = None
-  pending: list = dataclasses.field(default_factory=list)  # [(round, metrics, audit, lines)]
+  # [(round, metrics, audit entry, lines)]; a session's start entry held under a
+  # hidden cohort is (None, None, (event, entry), []).
+  pending: list = dataclasses.field(default_factory=list)
   evaluations: list = dataclasses.field(default_factory=list)  # [(round, evaluation)]
   seconds: float = 0.0
   sessions: int = 0
@@ -144,6 +146,11 @@ def _release(outputs: RunOutputs | None, state: RunState | None, pending: list,
   the audit log; call only once their rounds' state is saved."""
   done = state.audited_rounds() if state else set()
   for round_num, metrics, audit, lines in pending:
+    if round_num is None:  # A session's start.
+      event, entry = audit
+      if state and entry['session'] not in state.audited_sessions():
+        state.audit(event, **entry)
+      continue
     if round_num in done:
       continue
     if outputs:
@@ -250,9 +257,15 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     state, loop = _restore(plan, saved, initial_state, loop, rng, log)
     loop.sessions += 1
     if saved:
-      saved.audit('resumed' if loop.round_num else 'started', session=loop.sessions,
-                  after_round=loop.round_num, **_session_entry(config, data, plan, saved))
-    _release(outputs, saved, loop.pending, log)  # What a cut run saved but never released.
+      start = ('resumed' if loop.round_num else 'started',
+               {'session': loop.sessions, 'after_round': loop.round_num,
+                **_session_entry(config, data, plan, saved)})
+      if plan.hides_cohort:  # Its time would date the rounds: held with them.
+        loop.pending.append((None, None, start, []))
+      else:
+        saved.audit(start[0], **start[1])
+    if not plan.hides_cohort:
+      _release(outputs, saved, loop.pending, log)  # What a cut run saved but never released.
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
