@@ -514,22 +514,33 @@ class DpAccount:
     """What a DP run releases, each with its protection."""
     test = 'not protected: computed on held-out test records, which no epsilon covers'
     hidden = 'not released: hiding the cohort is what amplification by hospital sampling needs'
-    timing = (hidden if self.hides_cohort else
+    timing = (hidden + ('; every output is written after the last round, so only the run\'s '
+                        'total duration is visible, to whoever saw it start: it grows with the '
+                        'cohorts drawn, and is not accounted')
+              if self.hides_cohort else
               'not protected: depend on the model size, the cohort and the machine, not on '
               'records')
+    dropped = ({'rows dropped for missing values per hospital (summary.json data_description)':
+                'not protected: exact counts of records with a missing cell, declared public '
+                'like the training sizes (one patient\'s missing cell changes them)'}
+               if 'rows dropped for missing values' in self._data.description else {})
     return {
         'model weights (saved_model, every round to the server)': f'accounted DP ({self.config.level} level)',
         'epsilon per round (TensorBoard, metrics.csv)': 'public: computed from the DP events only',
         'test-set accuracy and AUC per hospital and pooled': test,
         'training loss, accuracy and AUC': 'not released, not even to the server: under DP '
                                            'no hospital computes them for it',
-        'hospital names and training sizes (summary.json)': 'not protected: declared public (hence the substitution bound)',
+        'hospital names, training and test sizes (summary.json, audit log)':
+            'not protected: declared public (hence the substitution bound, which holds for '
+            'a replacement of the same size)',
+        **dropped,
         'hospitals per round, dropouts, aborts': (
             hidden if self.hides_cohort else
             'not protected: chosen without looking at records (public)'),
         'bytes per hospital, round seconds, wall seconds, event times': timing,
         'preprocessing (and the feature schema exported with the model)':
-            f"not protected and data-independent: {self._data.preprocessing.get('source', '')}",
+            'public by declaration, not computed by this run from the training records: '
+            f"{self._data.preprocessing.get('source', '')}",
     }
 
   def releasable(self, metrics: dict) -> dict:
