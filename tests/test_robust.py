@@ -162,6 +162,9 @@ def _initial(data):
     (dict(attack=AttackConfig('stale', 'h0'),
           privacy=PrivacyConfig('client', noise_multiplier=1.0)),
      'attack.name=stale is not simulated with privacy.level=client'),
+    (dict(attack=AttackConfig('stale', 'h0'), secure_agg=SecureAggConfig('tff')),
+     'attack.name=stale with secure_agg.mode=tff: the simulation keeps the attacker\'s first '
+     'update on the server, in the clear'),
     (dict(algorithm=AlgorithmConfig('fedprox'), attack=AttackConfig('stale', 'h0')),
      'attack.name=stale: the simulated attacker trains with plain local SGD'),
     (dict(robust=RobustConfig('trimmed_mean', trim=3)),

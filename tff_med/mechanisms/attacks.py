@@ -6,7 +6,8 @@ default; the summary records it).
   random_update:  it sends Gaussian noise, each coordinate's std `scale` times the
                   root mean square of its honest update;
   stale:          it sends, every round, the update it sent the first round it
-                  took part in (kept in the client work's server-side state).
+                  took part in (kept in the client work's server-side state, in the
+                  clear: refused with secure aggregation).
 
 The attack wraps an aggregation builder (`tff_med.mechanisms.plans`): each
 hospital's client data becomes (its dataset, [1.0 if it is the attacker else 0.0,
@@ -32,6 +33,11 @@ def attacked(build, attack: AttackConfig):
     if task.config.algorithm.name == 'fedprox':
       raise ValueError(f'attack.name={attack.name}: the simulated attacker trains with plain '
                        'local SGD; use algorithm.name=fedavg, fedadam, fedyogi or fedadagrad')
+    if attack.name == 'stale' and task.config.secure_agg.mode != 'none':
+      raise ValueError(f'attack.name=stale with secure_agg.mode={task.config.secure_agg.mode}: '
+                       'the simulation keeps the attacker\'s first update on the server, in '
+                       'the clear, which secure aggregation exists to prevent; use '
+                       'secure_agg.mode=none')
     dataset_fn = dataset_fn or task.dataset
     if client_work is None:
       client_work = tff.learning.templates.build_model_delta_client_work(
@@ -124,11 +130,11 @@ def _attacked_client_work(inner: tff.learning.templates.ClientWorkProcess,
     results = tff.federated_map(change, (output.result, marker,
                                          tff.federated_broadcast(stored),
                                          tff.federated_broadcast(has_stored)))
-    sent = tff.federated_sum(tff.federated_map(own_update, (results.update, marker)))
-    attacker_in = tff.federated_sum(tff.federated_map(attacker_count, marker))
-    new_state = tff.federated_map(remember, (stored, has_stored, sent, attacker_in))
+    if attack.name == 'stale':  # Only `stale` keeps an update (in the clear, server-side).
+      sent = tff.federated_sum(tff.federated_map(own_update, (results.update, marker)))
+      attacker_in = tff.federated_sum(tff.federated_map(attacker_count, marker))
+      stored, has_stored = tff.federated_map(remember, (stored, has_stored, sent, attacker_in))
     return tff.templates.MeasuredProcessOutput(
-        tff.federated_zip((output.state, new_state[0], new_state[1])), results,
-        output.measurements)
+        tff.federated_zip((output.state, stored, has_stored)), results, output.measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
