@@ -96,6 +96,30 @@ def test_execution_context_block_stops_its_worker_even_on_error():
     assert double(4) == 8
 
 
+def test_a_worker_started_with_sigint_ignored_stops_on_the_first_signal():
+  """Under `nohup` or `cmd &` SIGINT is ignored and the worker inherits that:
+  stopping it with SIGINT (as TFF does) waited out the grace period, then
+  SIGKILL. It must end by the SIGTERM sent first."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  @tff.tensorflow.computation(np.int32)
+  def double(x):
+    return x * 2
+
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with runtime.execution_context():
+      assert double(3) == 6
+      workers = list(runtime._WORKERS)  # pylint: disable=protected-access
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert workers
+  for worker in workers:  # Left unreaped, as the module leaves it for TFF's own wait().
+    ended = os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    assert (ended.si_code, ended.si_status) == (os.CLD_KILLED, signal.SIGTERM)
+
+
 def test_worker_dies_with_its_owner_on_sigkill():
   # SIGKILL runs no handler, atexit or finalizer: only the kernel's parent-death
   # signal, set when the worker was started, can stop it.

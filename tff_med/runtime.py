@@ -150,21 +150,51 @@ def running_workers() -> list[int]:
     return [p.pid for p in _WORKERS if not _exited(p)]
 
 
-def stop_workers() -> None:
-  """Stops every worker_binary started here: SIGINT (as TFF does), SIGKILL after 10 s."""
-  with _LOCK:
-    _forget_reaped()
-    workers = list(_WORKERS)
-  for process in workers:
+def stop_processes(processes) -> None:
+  """Stops each process: SIGTERM, SIGKILL after 10 s. (Not SIGINT, which TFF
+  sends: a process started while SIGINT was ignored, under `nohup` or `cmd &`,
+  inherits that and would wait out the grace period.)"""
+  for process in processes:
     if _exited(process):
       continue
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + _STOP_GRACE_SECONDS
     while not _exited(process):
       if time.monotonic() > deadline:
         process.kill()
         deadline = float('inf')
       time.sleep(0.01)
+
+
+def stop_workers() -> None:
+  """Stops every worker_binary TFF started here (`stop_processes`)."""
+  with _LOCK:
+    _forget_reaped()
+    workers = list(_WORKERS)
+  stop_processes(workers)
+
+
+_OWNED: list[subprocess.Popen] = []  # start_owned's processes; guarded by _LOCK.
+
+
+def start_owned(args, **popen_kwargs) -> subprocess.Popen:
+  """Starts a process this module owns as it owns TFF's workers: on Linux the
+  kernel kills it when the starting thread's process dies, and it is stopped at
+  interpreter exit and on SIGTERM (not when an `execution_context` block ends).
+  For a node's worker and TLS terminator."""
+  if sys.platform.startswith('linux'):
+    popen_kwargs['preexec_fn'] = _die_with_parent_fn(popen_kwargs.get('preexec_fn'))
+  process = subprocess.Popen(args, **popen_kwargs)
+  with _LOCK:
+    _OWNED.append(process)
+  _stop_on_sigterm()
+  return process
+
+
+def _stop_owned() -> None:
+  with _LOCK:
+    owned = list(_OWNED)
+  stop_processes(owned)
 
 
 class _ShutDownContext(tff.framework.SyncContext):
@@ -178,6 +208,7 @@ def _shutdown() -> None:
   """At exit: stop workers, then release TFF's contexts while modules still exist,
   so TFF's `ServiceManager.__del__` runs now instead of failing during teardown."""
   stop_workers()
+  _stop_owned()
   tff.framework.set_default_context(_ShutDownContext())
   gc.collect()
   with _STATE_LOCK:
@@ -187,7 +218,15 @@ def _shutdown() -> None:
 def _on_sigterm(signum, frame):
   del frame
   stop_workers()
+  _stop_owned()
   raise SystemExit(128 + signum)
+
+
+def _stop_on_sigterm() -> None:
+  """Installs `_on_sigterm` where SIGTERM still has its default action."""
+  if (threading.current_thread() is threading.main_thread()
+      and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 atexit.register(_shutdown)
@@ -200,9 +239,7 @@ def _set_context(secure_sums: bool, max_concurrent_computation_calls: int) -> No
   else:
     tff.backends.native.set_sync_local_cpp_execution_context(
         max_concurrent_computation_calls=max_concurrent_computation_calls)
-  if (threading.current_thread() is threading.main_thread()
-      and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
-    signal.signal(signal.SIGTERM, _on_sigterm)
+  _stop_on_sigterm()
 
 
 def set_context(secure_sums: bool = False, max_concurrent_computation_calls: int = -1) -> None:
