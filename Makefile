@@ -19,7 +19,16 @@ $(VENV)/.installed: requirements.txt constraints.txt requirements-nodeps.txt set
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed
+# stunnel, the TLS terminator in front of each hospital node's TFF worker (and
+# the coordinator's end of each tunnel): Debian's package, pinned.
+STUNNEL := stunnel4=3:5.68-2+deb12u1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(VENV)/.stunnel: | $(VENV)/.installed
+	command -v stunnel4 >/dev/null || $(SUDO) apt-get install -y -q $(STUNNEL) \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(STUNNEL))
+	touch $@
+
+setup: $(VENV)/.installed $(VENV)/.stunnel
 
 # GPU: CUDA-enabled TensorFlow 2.14.1 (with its NVIDIA wheels) into the same .venv.
 setup-gpu: setup

@@ -2,6 +2,7 @@
 `tff.aggregators` factories: plain (TFF's mean, or the user's factory) and TFF's
 secure sum (`secure_agg.mode=tff`)."""
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -78,6 +79,17 @@ class LearningPlan(RoundPlan):
                'aggregator': {**scalar_leaves(output.metrics['aggregator']),
                               'bytes_per_client': self._bytes}}
     return RoundResult(output.state, metrics, trained=round_.reporting)
+
+  def with_client_data(self, dataset_computation, dataset_fn: Callable) -> 'LearningPlan':
+    """This plan with each hospital's data built where its client work runs:
+    `dataset_fn(hospital, round)` gives what is sent (e.g. a handle) and the TFF
+    computation `dataset_computation` turns it into the dataset
+    (`tff.simulation.compose_dataset_computation_with_learning_process`)."""
+    plan = copy.copy(self)
+    plan.process = tff.simulation.compose_dataset_computation_with_learning_process(
+        dataset_computation, self.process)
+    plan._dataset_fn = dataset_fn  # pylint: disable=protected-access
+    return plan
 
   def get_model_weights(self, state):
     return self.process.get_model_weights(state)

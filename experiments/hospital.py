@@ -1,0 +1,60 @@
+r"""Serves one hospital's records to the study's coordinator.
+
+    python -m experiments.hospital --name=cleveland --records=/srv/tff_med/records \
+        --port=7001 --certs=/srv/tff_med/certs
+
+Runs TFF's worker in --records (which holds NAME/train.tfrecord and
+NAME/test.tfrecord: `tff_med.remote.records.write_records`) behind stunnel,
+which accepts only the study coordinator's certificate (`experiments.make_certs`):
+--certs holds NAME.pem, NAME.key and ca.pem. Stops on SIGINT or SIGTERM, and
+stops its worker and proxy with it. --insecure_localhost serves the worker
+itself on 127.0.0.1:--port, without TLS: for tests on one machine only.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import signal  # pylint: disable=g-import-not-at-top
+
+from absl import app
+from absl import flags
+
+from tff_med.remote.certs import TlsFiles
+from tff_med.remote.node import HospitalNode
+
+_NAME = flags.DEFINE_string('name', None, 'The hospital this node serves.', required=True)
+_RECORDS = flags.DEFINE_string('records', None, 'Folder holding NAME/train.tfrecord and '
+                               'NAME/test.tfrecord.', required=True)
+_PORT = flags.DEFINE_integer('port', None, 'Port the coordinator connects to.', required=True)
+_HOST = flags.DEFINE_string('host', '0.0.0.0', 'Address stunnel listens on.')
+_CERTS = flags.DEFINE_string('certs', None, 'Folder holding NAME.pem, NAME.key, ca.pem.')
+_INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'Serve without TLS (tests on one '
+                              'machine only).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _INSECURE.value == bool(_CERTS.value):
+    raise app.UsageError('give --certs (mutual TLS) or --insecure_localhost, not both or '
+                         'neither')
+  if _INSECURE.value and _HOST.value != flags.FLAGS['host'].default:
+    raise app.UsageError('--host applies to TLS; --insecure_localhost serves the worker '
+                         'directly: leave it out')
+  if not os.path.isdir(os.path.join(_RECORDS.value, _NAME.value)):
+    raise app.UsageError(f'--records={_RECORDS.value}: no folder {_NAME.value}/ with the '
+                         'hospital\'s records in it')
+  try:
+    tls = TlsFiles.of(_CERTS.value, _NAME.value) if _CERTS.value else None
+  except FileNotFoundError as e:
+    raise app.UsageError(f'--certs: {e}') from None
+  with HospitalNode(_RECORDS.value, _PORT.value, tls, _HOST.value):
+    print(f'hospital {_NAME.value} serving on port {_PORT.value}'
+          f'{" with mutual TLS" if tls else " (insecure, localhost)"}', flush=True)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+if __name__ == '__main__':
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+  app.run(main)
