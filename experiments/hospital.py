@@ -8,7 +8,8 @@ NAME/test.tfrecord: `tff_med.remote.records.write_records`) behind stunnel,
 which accepts only the study coordinator's certificate (`experiments.make_certs`):
 --certs holds NAME.pem, NAME.key and ca.pem. Stops on SIGINT or SIGTERM, and
 stops its worker and proxy with it. --insecure_localhost serves the worker
-itself on 127.0.0.1:--port, without TLS: for tests on one machine only.
+itself on --port without TLS, and (TFF's worker has no bind address) on every
+interface: for tests on one machine behind a closed firewall only.
 """
 
 import os
@@ -29,8 +30,8 @@ _RECORDS = flags.DEFINE_string('records', None, 'Folder holding NAME/train.tfrec
 _PORT = flags.DEFINE_integer('port', None, 'Port the coordinator connects to.', required=True)
 _HOST = flags.DEFINE_string('host', '0.0.0.0', 'Address stunnel listens on.')
 _CERTS = flags.DEFINE_string('certs', None, 'Folder holding NAME.pem, NAME.key, ca.pem.')
-_INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'Serve without TLS (tests on one '
-                              'machine only).')
+_INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'Serve the worker without TLS, on '
+                              'every interface: tests on one machine only.')
 
 
 def main(argv):
@@ -39,7 +40,7 @@ def main(argv):
   if _INSECURE.value == bool(_CERTS.value):
     raise app.UsageError('give --certs (mutual TLS) or --insecure_localhost, not both or '
                          'neither')
-  if _INSECURE.value and _HOST.value != flags.FLAGS['host'].default:
+  if _INSECURE.value and flags.FLAGS['host'].present:
     raise app.UsageError('--host applies to TLS; --insecure_localhost serves the worker '
                          'directly: leave it out')
   if not os.path.isdir(os.path.join(_RECORDS.value, _NAME.value)):

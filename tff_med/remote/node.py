@@ -67,7 +67,8 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
 class HospitalNode:
   """Serves one hospital's records folder (`tff_med.remote.records`) on `port`:
   with `tls`, mutual TLS through stunnel on `host`:`port`; without, the worker
-  itself on `port` (insecure: for tests on one machine only)."""
+  itself on `port`, on every interface (insecure: for tests on one machine
+  behind a closed firewall only)."""
 
   def __init__(self, records: str, port: int, tls: TlsFiles | None, host: str = '0.0.0.0',
                max_concurrent_computation_calls: int = -1):
