@@ -207,6 +207,8 @@ def test_interrupt_saves_state_and_resume_equals_an_uninterrupted_run(tmp_path, 
   resumed = training.run(data, _keras, config, str(cut), log=_quiet, plan=_SignalAt(
       training.build_plan(data, _keras, config, log=_quiet), at=None))  # Same chain.
   assert resumed['status'] == 'completed' and resumed['sessions'] == 2
+  # Wall seconds add up over sessions.
+  assert resumed['wall_seconds'] > summary['wall_seconds'] > 0
   weights = [tf.keras.models.load_model(d / 'saved_model', compile=False).get_weights()
              for d in (reference, cut)]
   for a, b in zip(*weights):
@@ -216,6 +218,11 @@ def test_interrupt_saves_state_and_resume_equals_an_uninterrupted_run(tmp_path, 
   assert [l['round'] for l in lines if l['event'] == 'round'] == [1, 2, 3, 4]
   assert [l['event'] for l in lines if l['event'] not in ('round', 'release', 'model_saved')
           ] == ['started', 'interrupted', 'resumed', 'completed']
+  # A third call on the finished folder trains nothing and still counts the
+  # rounds' time (it reported ~0 s).
+  again = training.run(data, _keras, config, str(cut), log=_quiet, plan=_SignalAt(
+      training.build_plan(data, _keras, config, log=_quiet), at=None))
+  assert again['wall_seconds'] > summary['wall_seconds']
 
 
 def test_resume_refuses_a_different_config_naming_the_fields(tmp_path):

@@ -256,6 +256,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     initial_state = plan.initialize()
     state, loop = _restore(plan, saved, initial_state, loop, rng, log)
     loop.sessions += 1
+    earlier_seconds = loop.seconds  # Of the sessions before this one.
     if saved:
       start = ('resumed' if loop.round_num else 'started',
                {'session': loop.sessions, 'after_round': loop.round_num,
@@ -273,6 +274,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         if loop.stopped:  # Nothing ran; a resumed run stops at the same check.
           break
         loop.rng_state = rng.bit_generator.state
+        loop.seconds = earlier_seconds + progress.elapsed()
         if saved:
           saved.save(loop.round_num, state, loop.extras(plan))
         if not plan.hides_cohort:
@@ -285,7 +287,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
         loop.sessions = sessions
     finished = loop.round_num == config.rounds or loop.stopped
     status = 'completed' if finished else 'interrupted'
-    loop.seconds += progress.elapsed()
+    loop.seconds = earlier_seconds + progress.elapsed()
     _release(outputs, saved, loop.pending, log)
     last_round, evaluation = (loop.evaluations or [(None, None)])[-1]
     if last_round != loop.round_num:  # The last round ran no evaluation (or none ran).
