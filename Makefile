@@ -48,7 +48,7 @@ demo: setup
 	  --csv=runs/demo/messy/new_patients.csv --output=runs/demo/messy_scores.csv
 
 test: setup
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs
