@@ -515,8 +515,9 @@ class DpAccount:
     test = 'not protected: computed on held-out test records, which no epsilon covers'
     hidden = 'not released: hiding the cohort is what amplification by hospital sampling needs'
     timing = (hidden + ('; every output is written after the last round, so only the run\'s '
-                        'total duration is visible, to whoever saw it start: it grows with the '
-                        'cohorts drawn, and is not accounted')
+                        'total duration is visible, to whoever saw it start or sees the output '
+                        'folder\'s creation time: it grows with the cohorts drawn, and is not '
+                        'accounted')
               if self.hides_cohort else
               'not protected: depend on the model size, the cohort and the machine, not on '
               'records')
