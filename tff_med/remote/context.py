@@ -2,17 +2,14 @@
 
 Per hospital, TFF's own remote stack (what `tff.backends.native`'s local
 context builds around its worker): a `RemoteExecutor` over a gRPC channel, here
-through a mutual-TLS tunnel to the node (`Tunnel`), or plain for tests on one
+through a mutual-TLS tunnel to the node (`tls_terminator.Stunnel` in client
+mode), or plain for tests on one
 machine. TFF's `MergeableCompExecutionContext` runs a
 round's computation across the cohort's contexts, one hospital per context, in
 cohort order; so each round gets the context of its own reporting hospitals
 (`cohort_context`), and a hospital's handle only ever reaches its own node.
 """
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -25,9 +22,8 @@ from tensorflow_federated.python.core.impl.executor_stacks import python_executo
 from tensorflow_federated.python.core.impl.executors import remote_executor
 from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 
-from tff_med import runtime
-from tff_med.remote import node
 from tff_med.remote.certs import TlsFiles
+from tff_med.remote.tls_terminator import Stunnel
 
 _CONNECT_SECONDS = 30.0
 # TFF's own channel options (executor_factory._GRPC_CHANNEL_OPTIONS): 2 GB messages.
@@ -41,46 +37,11 @@ class NodeUnreachable(ConnectionError):
   """A hospital's node did not accept the coordinator's connection."""
 
 
-def _tunnel_config(hospital: str, address: str, tls: TlsFiles, local_port: int) -> str:
-  return '\n'.join([
-      'foreground = yes', 'syslog = no', 'debug = 3', 'client = yes',
-      f'[{hospital}]',
-      f'accept = 127.0.0.1:{local_port}',
-      f'connect = {address}',
-      f'cert = {os.path.abspath(tls.cert)}', f'key = {os.path.abspath(tls.key)}',
-      f'CAfile = {os.path.abspath(tls.ca)}',
-      'verifyChain = yes',
-      f'checkHost = {hospital}',  # The node must hold the certificate issued to `hospital`.
-      'sslVersionMin = TLSv1.2', ''])
-
-
-class Tunnel:
-  """The coordinator's end of one hospital's mutual TLS: stunnel in client mode
-  on 127.0.0.1:`local_port`, presenting the coordinator's certificate and
-  accepting only the node's certificate issued to `hospital` by the study CA.
-  (gRPC's own TLS needs the server to select ALPN h2, which stunnel 5.68 does
-  not do, so both ends use the same terminator; gRPC runs inside the tunnel.)"""
-
-  def __init__(self, hospital: str, address: str, tls: TlsFiles):
-    self.local_port = portpicker.pick_unused_port()
-    self._dir = tempfile.mkdtemp(prefix='tff_med_tunnel_')
-    config = os.path.join(self._dir, 'stunnel.conf')
-    with open(config, 'w') as f:
-      f.write(_tunnel_config(hospital, address, tls, self.local_port))
-    self.process = runtime.start_owned([node.stunnel_binary(), config],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    node.wait_for_port(self.local_port, self.process, f'stunnel to hospital {hospital}')
-
-  def close(self) -> None:
-    runtime.stop_processes([self.process])
-    shutil.rmtree(self._dir, ignore_errors=True)
-
-
 class Connection:
   """A connected gRPC channel to one hospital's node (`channel`), and the
   tunnel it runs in (None for --insecure_localhost)."""
 
-  def __init__(self, grpc_channel: grpc.Channel, tunnel: Tunnel | None):
+  def __init__(self, grpc_channel: grpc.Channel, tunnel: Stunnel | None):
     self.channel, self.tunnel = grpc_channel, tunnel
 
   def close(self) -> None:
@@ -91,11 +52,13 @@ class Connection:
 
 def connect(hospital: str, address: str, tls: TlsFiles | None) -> Connection:
   """A connection to `hospital`'s node at 'HOST:PORT': with `tls`, through a
-  mutual-TLS `Tunnel`; without, plain gRPC (tests on one machine only).
+  mutual-TLS tunnel; without, plain gRPC (tests on one machine only).
   NodeUnreachable naming the hospital when no connection is made in 30 s
   (node down, wrong port, or a certificate refused by either end)."""
-  tunnel = Tunnel(hospital, address, tls) if tls else None
-  target = f'127.0.0.1:{tunnel.local_port}' if tunnel else address
+  target = f'127.0.0.1:{portpicker.pick_unused_port()}' if tls else address
+  # The coordinator's end: the node must hold the certificate issued to `hospital`.
+  tunnel = (Stunnel(hospital, target, address, tls, hospital, client=True) if tls
+            else None)
   result = Connection(grpc.insecure_channel(target, _OPTIONS), tunnel)
   try:
     grpc.channel_ready_future(result.channel).result(timeout=_CONNECT_SECONDS)

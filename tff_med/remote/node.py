@@ -9,59 +9,20 @@ CA whose name is `coordinator`, and forwards to the worker. The worker's own
 port must be closed to the network by the host's firewall (see the README).
 
 The node owns both processes: they are stopped with the node (and killed by
-the kernel if the node's process dies, `runtime.die_with_parent`).
+the kernel if the node's process dies: `runtime.start_owned`).
 """
 
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
 
 import portpicker
 import tensorflow_federated as tff
 
 from tff_med import runtime
 from tff_med.remote.certs import COORDINATOR, TlsFiles
+from tff_med.remote.tls_terminator import Stunnel, wait_for_port
 
 WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
-_START_SECONDS = 30.0
-
-
-def stunnel_binary() -> str:
-  """Path of stunnel; FileNotFoundError saying how to install it."""
-  path = shutil.which('stunnel4') or shutil.which('stunnel')
-  if not path:
-    raise FileNotFoundError('stunnel is not installed: `make setup` installs Debian\'s '
-                            'stunnel4 (apt-get install stunnel4)')
-  return path
-
-
-def _stunnel_config(tls: TlsFiles, accept: str, worker_port: int) -> str:
-  return '\n'.join([
-      'foreground = yes', 'syslog = no', 'debug = 3',
-      '[tff_worker]',
-      f'accept = {accept}',
-      f'connect = 127.0.0.1:{worker_port}',
-      f'cert = {os.path.abspath(tls.cert)}', f'key = {os.path.abspath(tls.key)}',
-      f'CAfile = {os.path.abspath(tls.ca)}',
-      'verifyChain = yes', 'requireCert = yes',
-      f'checkHost = {COORDINATOR}',  # A hospital's certificate is no coordinator's.
-      'sslVersionMin = TLSv1.2', ''])
-
-
-def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
-  deadline = time.monotonic() + _START_SECONDS
-  while time.monotonic() < deadline:
-    if process.poll() is not None:
-      raise RuntimeError(f'{what} exited with status {process.returncode} before serving '
-                         f'port {port}')
-    with socket.socket() as s:
-      if s.connect_ex(('127.0.0.1', port)) == 0:
-        return
-    time.sleep(0.05)
-  raise RuntimeError(f'{what} did not open port {port} within {_START_SECONDS:.0f} s')
 
 
 class HospitalNode:
@@ -76,38 +37,28 @@ class HospitalNode:
       raise FileNotFoundError(f'{records}: no such records folder')
     self.records, self.port, self.tls, self.host = records, port, tls, host
     self._max_calls = max_concurrent_computation_calls
-    self._processes: list[subprocess.Popen] = []
-    self._config_dir = None
+    self._worker: subprocess.Popen | None = None
+    self._proxy: Stunnel | None = None
 
   def start(self) -> 'HospitalNode':
     worker_port = portpicker.pick_unused_port() if self.tls else self.port
-    worker = runtime.start_owned(
+    self._worker = runtime.start_owned(
         [WORKER_BINARY, f'--port={worker_port}',
          f'--max_concurrent_computation_calls={self._max_calls}'],
         cwd=self.records, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    self._processes.append(worker)
-    wait_for_port(worker_port, worker, 'worker_binary')
-    if self.tls:
-      self._config_dir = tempfile.mkdtemp(prefix='tff_med_node_')
-      config = os.path.join(self._config_dir, 'stunnel.conf')
-      with open(config, 'w') as f:
-        f.write(_stunnel_config(self.tls, f'{self.host}:{self.port}', worker_port))
-      proxy = runtime.start_owned([stunnel_binary(), config], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-      self._processes.append(proxy)
-      wait_for_port(self.port, proxy, 'stunnel')
+    wait_for_port(worker_port, self._worker, 'worker_binary')
+    if self.tls:  # A hospital's certificate is no coordinator's: checkHost.
+      self._proxy = Stunnel('tff_worker', f'{self.host}:{self.port}',
+                            f'127.0.0.1:{worker_port}', self.tls, COORDINATOR, client=False)
     return self
 
-  @property
-  def pids(self) -> list[int]:
-    return [p.pid for p in self._processes]
-
   def stop(self) -> None:
-    runtime.stop_processes(self._processes)
-    self._processes.clear()
-    if self._config_dir:
-      shutil.rmtree(self._config_dir, ignore_errors=True)
-      self._config_dir = None
+    if self._proxy:
+      self._proxy.close()
+      self._proxy = None
+    if self._worker:
+      runtime.stop_processes([self._worker])
+      self._worker = None
 
   def __enter__(self) -> 'HospitalNode':
     return self.start()
