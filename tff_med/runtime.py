@@ -87,13 +87,20 @@ def _die_with_parent_fn(preexec_fn):
   return preexec
 
 
-class _TrackedPopen(subprocess.Popen):
-  """`subprocess.Popen` that records the process so this module can stop it,
-  and on Linux has the kernel kill it when the spawning thread exits."""
+class _DiesWithParentPopen(subprocess.Popen):
+  """`subprocess.Popen` that on Linux has the kernel kill the process when the
+  spawning thread exits (`_die_with_parent_fn`)."""
 
   def __init__(self, *args, **kwargs):
     if sys.platform.startswith('linux'):
       kwargs['preexec_fn'] = _die_with_parent_fn(kwargs.get('preexec_fn'))
+    super().__init__(*args, **kwargs)
+
+
+class _TrackedPopen(_DiesWithParentPopen):
+  """`_DiesWithParentPopen` that records the process so this module can stop it."""
+
+  def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     with _LOCK:
       _WORKERS.append(self)
@@ -182,9 +189,7 @@ def start_owned(args, **popen_kwargs) -> subprocess.Popen:
   kernel kills it when the starting thread's process dies, and it is stopped at
   interpreter exit and on SIGTERM (not when an `execution_context` block ends).
   For a node's worker and TLS terminator."""
-  if sys.platform.startswith('linux'):
-    popen_kwargs['preexec_fn'] = _die_with_parent_fn(popen_kwargs.get('preexec_fn'))
-  process = subprocess.Popen(args, **popen_kwargs)
+  process = _DiesWithParentPopen(args, **popen_kwargs)
   with _LOCK:
     _OWNED.append(process)
   _stop_on_sigterm()
