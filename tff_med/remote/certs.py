@@ -57,13 +57,26 @@ def _write_key(key, path: str) -> None:
                               serialization.NoEncryption()))
 
 
+def _write(folder: str, party: str, key, cert: x509.Certificate) -> None:
+  """PARTY.key (0600) and PARTY.pem in `folder`."""
+  _write_key(key, os.path.join(folder, f'{party}.key'))
+  with open(os.path.join(folder, f'{party}.pem'), 'wb') as f:
+    f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, key) -> x509.CertificateBuilder:
+  """A certificate of `key`'s public key, valid from 5 minutes ago for
+  _VALID_DAYS, with a random serial."""
+  now = datetime.datetime.now(datetime.timezone.utc)
+  return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+          .public_key(key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS)))
+
+
 def _issue(folder, party, ca_key, ca_name, usage, hosts=()) -> None:
   key = ec.generate_private_key(ec.SECP256R1())  # Key material from the OS.
-  now = datetime.datetime.now(datetime.timezone.utc)
-  builder = (x509.CertificateBuilder().subject_name(_name(party)).issuer_name(ca_name)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5))
-             .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+  builder = (_builder(_name(party), ca_name, key)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
   if hosts:
@@ -74,10 +87,7 @@ def _issue(folder, party, ca_key, ca_name, usage, hosts=()) -> None:
       except ValueError:
         names.append(x509.DNSName(host))
     builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-  cert = builder.sign(ca_key, hashes.SHA256())
-  _write_key(key, os.path.join(folder, f'{party}.key'))
-  with open(os.path.join(folder, f'{party}.pem'), 'wb') as f:
-    f.write(cert.public_bytes(serialization.Encoding.PEM))
+  _write(folder, party, key, builder.sign(ca_key, hashes.SHA256()))
 
 
 def make_study_certs(folder: str, hospitals, hosts=('localhost', '127.0.0.1')) -> None:
@@ -88,24 +98,18 @@ def make_study_certs(folder: str, hospitals, hosts=('localhost', '127.0.0.1')) -
   if os.path.exists(os.path.join(folder, 'ca.pem')):
     raise FileExistsError(f'{folder} holds a study CA already: use it, or another folder')
   for hospital in hospitals:
-    if hospital == COORDINATOR or not hospital or '/' in hospital:
+    if hospital in (COORDINATOR, 'ca') or not hospital or '/' in hospital:
       raise ValueError(f'hospital name {hospital!r} cannot name a certificate')
   ca_key = ec.generate_private_key(ec.SECP256R1())
   ca_name = _name('tff_med study CA')
-  now = datetime.datetime.now(datetime.timezone.utc)
-  ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+  ca = (_builder(ca_name, ca_name, ca_key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False,
                                      key_agreement=False, key_cert_sign=True, crl_sign=True,
                                      encipher_only=False, decipher_only=False), critical=True)
         .sign(ca_key, hashes.SHA256()))
-  _write_key(ca_key, os.path.join(folder, 'ca.key'))
-  with open(os.path.join(folder, 'ca.pem'), 'wb') as f:
-    f.write(ca.public_bytes(serialization.Encoding.PEM))
+  _write(folder, 'ca', ca_key, ca)
   _issue(folder, COORDINATOR, ca_key, ca_name, ExtendedKeyUsageOID.CLIENT_AUTH)
   for hospital in hospitals:
     _issue(folder, hospital, ca_key, ca_name, ExtendedKeyUsageOID.SERVER_AUTH,
