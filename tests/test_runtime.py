@@ -215,3 +215,32 @@ def test_a_reaped_workers_reused_pid_is_neither_waited_for_nor_signalled(monkeyp
   finally:
     newcomer.kill()
     newcomer.wait()
+
+
+def test_a_worker_that_dies_at_start_is_an_error_not_a_hang():
+  # TFF's ServiceManager.get_stub polls a new worker's stub with no deadline;
+  # the tracked Popen must raise first. `sh -c 'exit 3' --port=N` stands in for
+  # a worker_binary that exits before serving its port.
+  started = time.monotonic()
+  with pytest.raises(RuntimeError, match='TFF worker_binary exited before serving port 1'):
+    runtime._TrackedPopen(['sh', '-c', 'exit 3', '--port=1'])
+  assert time.monotonic() - started < 10
+  assert not runtime.running_workers()
+
+
+def test_owned_processes_start_through_setpriv_with_the_parent_death_signal():
+  # No Python runs between fork and exec (a preexec_fn there can abort a
+  # threaded parent's child): the kill on parent death is setpriv's prctl.
+  process = runtime.start_owned(['sleep', '30'])
+  try:
+    assert process.args[:4] == ['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--'], process.args
+    with open(f'/proc/{process.pid}/cmdline', 'rb') as f:
+      deadline = time.monotonic() + 10
+      while f.read().split(b'\0')[0] != b'sleep' and time.monotonic() < deadline:
+        f.seek(0)
+        time.sleep(0.01)
+    with open(f'/proc/{process.pid}/cmdline', 'rb') as f:
+      assert f.read().split(b'\0')[0] == b'sleep'  # Same pid, exec'd.
+  finally:
+    runtime.stop_processes([process])
+    process.wait()

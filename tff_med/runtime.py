@@ -9,7 +9,8 @@ own that process, so this module (hand-written, for that reason) puts its own
 TFF. That `Popen` records every worker TFF starts, so that they are all stopped
 at interpreter exit, on SIGTERM, and when an `execution_context(...)` block
 ends, normally or by an exception; on Linux it also asks the kernel to SIGKILL
-the worker if its owner dies without running any of that (`kill -9`).
+the worker if its owner dies without running any of that (`kill -9`), and it
+turns a worker that dies at start into an error instead of TFF's endless wait.
 
     with runtime.execution_context(secure_sums=False):
       ...  # run TFF computations
@@ -21,10 +22,11 @@ context has no end, so its workers stay owned until the interpreter exits.
 
 import atexit
 import contextlib
-import ctypes
 import gc
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +40,7 @@ _WORKERS: list[subprocess.Popen] = []
 _LOCK = threading.Lock()  # Guards _WORKERS.
 _STOP_GRACE_SECONDS = 10.0
 
-_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
+_START_SECONDS = 60.0  # A started worker must serve its port within this.
 
 # Installation state: what TFF's executor factory had as `subprocess` before we
 # replaced it (None while not installed), how many `execution_context` blocks
@@ -51,59 +53,73 @@ _open_blocks = 0
 _owned_until_exit = False
 
 
-def _die_with_parent_fn(preexec_fn):
-  """A `preexec_fn` that makes the kernel SIGKILL the child when its parent goes.
-
-  PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not only
-  the process. TFF forks the worker in `ServiceManager.get_stub`, which runs
-  inside `AsyncExecutionContext.invoke` on the event-loop thread of the
-  `SyncExecutionContext`'s `AsyncThreadRunner`: one long-lived daemon thread per
-  context, whichever thread calls the computation. It ends only when that
-  context is garbage-collected, which also drops the `ServiceManager` that uses
-  the worker, so the signal cannot cut a worker off while its context is in
-  use; on `kill -9` every thread ends and the worker goes too.
-
-  The code runs in the child between fork and exec (where Python warns that a
-  threaded parent's locks may be held), so it only calls a `prctl` resolved
-  beforehand and `getppid`. The spawning thread waits inside `Popen` until the
-  exec, so it cannot end in between; but the whole process can be killed before
-  `prctl` runs, and then no signal would come: `getppid()` no longer names the
-  parent, and the child exits itself.
-  """
-  prctl = ctypes.CDLL(None, use_errno=True).prctl
-  prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                    ctypes.c_ulong]
-  prctl.restype = ctypes.c_int
-  parent = os.getpid()
-
-  def preexec():
-    if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-      raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
-    if os.getppid() != parent:
-      os._exit(1)
-    if preexec_fn is not None:  # Keep whatever the caller (TFF) asked for.
-      preexec_fn()
-
-  return preexec
+def _setpriv() -> str | None:
+  """util-linux's `setpriv` on Linux (None elsewhere, or if missing)."""
+  return shutil.which('setpriv') if sys.platform.startswith('linux') else None
 
 
 class _DiesWithParentPopen(subprocess.Popen):
-  """`subprocess.Popen` that on Linux has the kernel kill the process when the
-  spawning thread exits (`_die_with_parent_fn`)."""
+  """`subprocess.Popen` that on Linux has the kernel SIGKILL the process when
+  the spawning thread exits, by starting it through util-linux's
+  `setpriv --pdeathsig KILL --` (which sets PR_SET_PDEATHSIG and execs it; the
+  pid stays the same).
 
-  def __init__(self, *args, **kwargs):
-    if sys.platform.startswith('linux'):
-      kwargs['preexec_fn'] = _die_with_parent_fn(kwargs.get('preexec_fn'))
-    super().__init__(*args, **kwargs)
+  Not a `preexec_fn`: that runs Python between fork and exec, which in a
+  threaded process (TFF's event loops, gRPC) can abort the child or deadlock.
+
+  PR_SET_PDEATHSIG fires when the *thread* that forked the child exits. TFF
+  forks its worker in `ServiceManager.get_stub`, on the event-loop thread of
+  the `SyncExecutionContext`'s `AsyncThreadRunner`: one long-lived thread per
+  context, which ends only when that context is garbage-collected (which also
+  drops the `ServiceManager` using the worker), so the signal cannot cut off a
+  worker in use; on `kill -9` every thread ends and the worker goes too. If the
+  owner is killed between fork and `setpriv`'s prctl, no signal comes: the
+  atexit/SIGTERM stops below do not run either, so that window is not covered.
+  """
+
+  def __init__(self, args, *rest, **kwargs):
+    setpriv = _setpriv()
+    if setpriv:
+      args = [setpriv, '--pdeathsig', 'KILL', '--', *args]
+    super().__init__(args, *rest, **kwargs)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str,
+                  seconds: float = _START_SECONDS) -> None:
+  """Returns once 127.0.0.1:`port` accepts connections; RuntimeError naming
+  `what` if `process` exits first or `seconds` pass. Leaves an exited process
+  unreaped (`_exited`)."""
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline:
+    if _exited(process):
+      raise RuntimeError(f'{what} exited before serving port {port}')
+    with socket.socket() as s:
+      if s.connect_ex(('127.0.0.1', port)) == 0:
+        return
+    time.sleep(0.05)
+  raise RuntimeError(f'{what} did not open port {port} within {seconds:.0f} s')
 
 
 class _TrackedPopen(_DiesWithParentPopen):
-  """`_DiesWithParentPopen` that records the process so this module can stop it."""
+  """`_DiesWithParentPopen` for TFF's `worker_binary`: records the process so
+  this module can stop it, and returns only once it serves its `--port`.
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
+  TFF's `ServiceManager.get_stub` waits for a new worker with no deadline, so a
+  worker that died at start would hang the caller for ever; here it raises
+  instead (the worker is stopped and reaped: TFF never sees it)."""
+
+  def __init__(self, args, *rest, **kwargs):
+    super().__init__(args, *rest, **kwargs)
     with _LOCK:
       _WORKERS.append(self)
+    ports = [a.split('=', 1)[1] for a in args if str(a).startswith('--port=')]
+    if ports:
+      try:
+        wait_for_port(int(ports[0]), self, 'TFF worker_binary')
+      except RuntimeError:
+        stop_processes([self])
+        self.wait()
+        raise
 
 
 # What TFF's executor factory sees as `subprocess` while installed: the real

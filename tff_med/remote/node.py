@@ -20,7 +20,7 @@ import tensorflow_federated as tff
 
 from tff_med import runtime
 from tff_med.remote.certs import COORDINATOR, TlsFiles
-from tff_med.remote.tls_terminator import Stunnel, wait_for_port
+from tff_med.remote.tls_terminator import Stunnel
 
 WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
 
@@ -46,7 +46,7 @@ class HospitalNode:
         [WORKER_BINARY, f'--port={worker_port}',
          f'--max_concurrent_computation_calls={self._max_calls}'],
         cwd=self.records, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(worker_port, self._worker, 'worker_binary')
+    runtime.wait_for_port(worker_port, self._worker, 'worker_binary')
     if self.tls:  # A hospital's certificate is no coordinator's: checkHost.
       self._proxy = Stunnel('tff_worker', f'{self.host}:{self.port}',
                             f'127.0.0.1:{worker_port}', self.tls, COORDINATOR, client=False)

@@ -5,16 +5,11 @@ do, so the coordinator's end is stunnel too, in client mode)."""
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 from tff_med import runtime
 from tff_med.remote.certs import TlsFiles
-
-_START_SECONDS = 30.0
-
 
 def stunnel_binary() -> str:
   """Path of stunnel; FileNotFoundError saying how to install it."""
@@ -23,21 +18,6 @@ def stunnel_binary() -> str:
     raise FileNotFoundError('stunnel is not installed: `make setup` installs Debian\'s '
                             'stunnel4 (apt-get install stunnel4)')
   return path
-
-
-def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
-  """Returns once 127.0.0.1:`port` accepts connections; RuntimeError naming
-  `what` if `process` exits first or 30 s pass."""
-  deadline = time.monotonic() + _START_SECONDS
-  while time.monotonic() < deadline:
-    if process.poll() is not None:
-      raise RuntimeError(f'{what} exited with status {process.returncode} before serving '
-                         f'port {port}')
-    with socket.socket() as s:
-      if s.connect_ex(('127.0.0.1', port)) == 0:
-        return
-    time.sleep(0.05)
-  raise RuntimeError(f'{what} did not open port {port} within {_START_SECONDS:.0f} s')
 
 
 def _config(name: str, accept: str, connect: str, tls: TlsFiles, check_host: str,
@@ -70,7 +50,7 @@ class Stunnel:
     self.process = runtime.start_owned([stunnel_binary(), config],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-      wait_for_port(int(accept.rsplit(':', 1)[1]), self.process, f'stunnel ({name})')
+      runtime.wait_for_port(int(accept.rsplit(':', 1)[1]), self.process, f'stunnel ({name})')
     except RuntimeError:
       self.close()
       raise
