@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -65,20 +64,12 @@ def _membership_audit_outputs(output_dir: str) -> list[str]:
                 for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)))
 
 
-def _hash_arrays(digest, data: FederatedData, hospital: str):
-  """`digest` (a hashlib or hmac object) updated with `hospital`'s train/test
-  arrays; returns it."""
-  for array in (*data.train_arrays(hospital), *data.test[hospital]):
-    digest.update(np.ascontiguousarray(array).tobytes())
-  return digest
-
-
 def data_fingerprint(data: FederatedData) -> str:
   """sha256 over every hospital's name and train/test arrays."""
   digest = hashlib.sha256()
   for hospital in data.hospitals:
     digest.update(hospital.encode())
-    _hash_arrays(digest, data, hospital)
+    data.digest_records(digest, hospital)
   return digest.hexdigest()
 
 
@@ -192,10 +183,10 @@ class RunState:
       key = bytes.fromhex(f.read())
     fingerprints = {}
     for hospital in data.hospitals:
-      mac = _hash_arrays(hmac.new(key, digestmod=hashlib.sha256), data, hospital)
+      mac = data.digest_records(hmac.new(key, digestmod=hashlib.sha256), hospital)
       fingerprints[hospital] = {'hmac_sha256': mac.hexdigest(),
                                 'train_rows': data.num_train(hospital),
-                                'test_rows': len(data.test[hospital][1]),
+                                'test_rows': data.num_test(hospital),
                                 'feature_shape': list(data.feature_shape)}
     return fingerprints
 

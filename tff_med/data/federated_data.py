@@ -159,6 +159,16 @@ class FederatedData:
   def num_train(self, hospital: str) -> int:
     return self.train_sizes[hospital]
 
+  def num_test(self, hospital: str) -> int:
+    return len(self.test[hospital][1])
+
+  def digest_records(self, digest, hospital: str):
+    """`digest` (a hashlib or hmac object) updated with `hospital`'s train and
+    test arrays; returns it."""
+    for array in (*self.train_arrays(hospital), *self.test[hospital]):
+      digest.update(np.ascontiguousarray(array).tobytes())
+    return digest
+
   def pooled(self, split: str) -> Arrays:
     """All hospitals' `split` ('train' or 'test') records concatenated."""
     parts = [self.train_arrays(h) if split == 'train' else self.test[h]

@@ -18,6 +18,7 @@ columns, no header, '?' = missing. Preprocessing (as FLamby):
 """
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,8 +51,10 @@ PUBLIC_RANGES = {
 }
 
 
-def load(data_dir: str, seed: int = 0, scaling: str = 'zscore') -> FederatedData:
-  """Loads the four hospitals from `data_dir` (holding heart_disease/, or that folder).
+def load(data_dir: str, seed: int = 0, scaling: str = 'zscore',
+         hospitals: Sequence[str] = HOSPITALS) -> FederatedData:
+  """Loads the four hospitals (or `hospitals` of them: a hospital's node reads its
+  own file only) from `data_dir` (holding heart_disease/, or that folder).
 
   Returns FederatedData with 13 float32 features per record, label num > 0,
   scaled by `scaling` (one of preprocess.SCALINGS; see the module docstring).
@@ -64,7 +67,9 @@ def load(data_dir: str, seed: int = 0, scaling: str = 'zscore') -> FederatedData
   """
   folder = preprocess.resolve_dir(data_dir, 'heart_disease')
   train, test = {}, {}
-  for hospital in HOSPITALS:
+  for hospital in hospitals:
+    if hospital not in HOSPITALS:
+      raise DataError(f'hospital {hospital!r}: UCI Heart Disease has {", ".join(HOSPITALS)}')
     x, y = read_hospital(hospital, os.path.join(folder, f'processed.{hospital}.data'))
     train[hospital], test[hospital] = preprocess.split_train_test(
         f'hospital {hospital!r}', x, y, TEST_FRACTION, seed)
@@ -78,13 +83,18 @@ def load(data_dir: str, seed: int = 0, scaling: str = 'zscore') -> FederatedData
       for c, levels in ONE_HOT_LEVELS.items() for level in levels[1:]]
   return FederatedData.from_arrays(
       'heart_disease', train, test, feature_names=FEATURE_NAMES,
-      description=('UCI Heart Disease, 4 real hospitals, FLamby preprocessing '
+      description=(f'UCI Heart Disease, {_which(hospitals)}, FLamby preprocessing '
                    f'(stratified 66/34 split, seed {seed})'),
       preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source),
       schemas=schema.table_schemas(
           features, transforms, source, data_dependent=scaling == 'zscore',
           per_hospital=scaling == 'zscore', label='num', positive_label='num > 0',
           levels={c: tuple(float(v) for v in levels) for c, levels in ONE_HOT_LEVELS.items()}))
+
+
+def _which(hospitals: Sequence[str]) -> str:
+  return ('4 real hospitals' if tuple(hospitals) == HOSPITALS else
+          f'hospital{"s" if len(hospitals) > 1 else ""} {", ".join(hospitals)}')
 
 
 def read_hospital(hospital: str, path: str) -> tuple[np.ndarray, np.ndarray]:
