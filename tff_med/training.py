@@ -346,7 +346,7 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress,
   round_start = time.monotonic()
   cohort = plan.cohort(list(data.hospitals), rng)
   dropped = (set(rng.choice(cohort, min(config.dropouts, len(cohort)), replace=False).tolist())
-             if config.dropouts and cohort else set())
+             if config.dropouts and cohort else set()) | plan.unreachable(cohort)
   round_ = Round(round_num, tuple(cohort), tuple(h for h in cohort if h not in dropped))
   reason = plan.stop_reason(state, round_)
   if reason:

@@ -32,7 +32,8 @@ class HospitalLevelDp(DpPlan):
   """DP-FedAvg (`masking` False) or distributed DP under masking."""
 
   def __init__(self, task: Task, masking: bool, aggregator=None,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, central=plain_aggregation):
+    """`central`: the aggregation that runs DP-FedAvg (default in process)."""
     config, n = task.config, len(task.data.hospitals)
     privacy, secure = config.privacy, config.secure_agg
     if aggregator is not None:
@@ -68,9 +69,8 @@ class HospitalLevelDp(DpPlan):
       inner = self._masking
     else:
       self._masking = None
-      inner = plain_aggregation(task, aggregator=self._central_factory(), weighted=False,
-                                metrics_aggregator=no_training_metrics,
-                                runs_empty_rounds=True)
+      inner = central(task, aggregator=self._central_factory(), weighted=False,
+                      metrics_aggregator=no_training_metrics, runs_empty_rounds=True)
     super().__init__(inner, self.dp)
 
   def _central_factory(self) -> tff.aggregators.UnweightedAggregationFactory:

@@ -7,7 +7,7 @@ wrap the plan an aggregation builds with their own client work or noise. Each
 mechanism validates its own fields in its constructor.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from tff_med.algorithms import BASELINES
 from tff_med.config import TrainConfig
@@ -21,6 +21,8 @@ from tff_med.mechanisms.record_dp import RecordLevelDp
 from tff_med.mechanisms.robust import robust_factory
 from tff_med.mechanisms.round_plan import RoundPlan
 from tff_med.mechanisms.task import KerasModelFn, Task
+from tff_med.remote import plan as remote_plan
+from tff_med.remote.context import Connection
 
 AGGREGATIONS = {'none': plain_aggregation, 'tff': tff_secure_sum_aggregation,
                 'masking': masking_aggregation}
@@ -34,7 +36,7 @@ _PLANS: dict[tuple[str, str], Callable[..., RoundPlan] | str] = {
     **{('record', mode): (lambda task, build, aggregator, log: RecordLevelDp(
         task, build, aggregator, log)) for mode in AGGREGATIONS},
     ('client', 'none'): lambda task, build, aggregator, log: HospitalLevelDp(
-        task, masking=False, aggregator=aggregator, log=log),
+        task, masking=False, aggregator=aggregator, log=log, central=build),
     ('client', 'masking'): lambda task, build, aggregator, log: HospitalLevelDp(
         task, masking=True, aggregator=aggregator, log=log),
     ('client', 'tff'): (
@@ -72,7 +74,8 @@ def _robust_aggregator(config: TrainConfig, aggregator, num_hospitals: int):
 
 
 def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
-               aggregator=None, log: Callable[[str], None] = print) -> RoundPlan:
+               aggregator=None, log: Callable[[str], None] = print,
+               connections: Mapping[str, Connection] | None = None) -> RoundPlan:
   """The plan of `config`, validated and (with privacy.target_epsilon) calibrated.
 
   Args:
@@ -81,11 +84,15 @@ def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainC
     aggregator: the user's `tff.aggregators` weighted factory for the hospitals'
       updates (federated algorithms; refused where a mechanism aggregates itself).
     log: receives calibration lines.
+    connections: hospital -> its node's connection (`remote.context.connect`):
+      the rounds run on the nodes (`remote.plan.on_nodes`); None: in process.
 
   Raises:
     ValueError: naming the config field at fault, before any training.
   """
   config.validate(len(data.hospitals))
+  if connections is not None:
+    remote_plan.check_config(config)
   task = Task(data, keras_model_fn, config)
   if config.algorithm.name in BASELINES:
     for field, value, default in (('privacy.level', config.privacy.level, 'none'),
@@ -112,6 +119,8 @@ def build_plan(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainC
   aggregator = _robust_aggregator(config, aggregator, len(data.hospitals))
   config.attack.validate(data.hospitals)
   aggregation = AGGREGATIONS[config.secure_agg.mode]
+  if connections is not None:
+    aggregation = remote_plan.on_nodes(aggregation, connections)
   if config.attack.name != 'none':
     if config.privacy.level == 'client':
       raise ValueError(f'attack.name={config.attack.name} is not simulated with '

@@ -2,7 +2,7 @@
 
 The training loop (`tff_med.training`) knows only this interface. Each round it
 asks the plan for a cohort, draws the hospitals of it that drop out (they train
-but never report), asks whether the round may run (`stop_reason`: e.g. a privacy
+but never report) and adds those the plan cannot reach, asks whether the round may run (`stop_reason`: e.g. a privacy
 budget), runs it (`run_round`) unless fewer than `min_clients` report, lets the
 plan account for what the round released (`account`), and releases what the plan
 says is releasable. Program state is the plan's process state plus `checkpoint()`.
@@ -63,6 +63,12 @@ class RoundPlan(abc.ABC):
     """The hospitals asked to train this round (`rng`: the run's seeded generator):
     `task.sample`, clients_per_round uniformly without replacement."""
     return self.task.sample(hospitals, rng)
+
+  def unreachable(self, cohort: Sequence[str]) -> set[str]:
+    """The hospitals of `cohort` that cannot train this round (a node that is
+    down): they drop out. None here; `remote.plan.RemoteHospitals` asks its nodes."""
+    del cohort
+    return set()
 
   @abc.abstractmethod
   def run_round(self, state: Any, round_: Round) -> RoundResult:
@@ -155,6 +161,9 @@ class PlanWrapper(RoundPlan):
 
   def cohort(self, hospitals, rng):
     return self.inner.cohort(hospitals, rng)
+
+  def unreachable(self, cohort):
+    return self.inner.unreachable(cohort)
 
   def run_round(self, state, round_):
     return self.inner.run_round(state, round_)

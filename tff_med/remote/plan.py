@@ -1,71 +1,206 @@
-"""A `LearningPlan` whose hospitals are nodes (`tff_med.remote.node`): each
-round's computation runs across the reporting hospitals' workers, each building
-its dataset from its own records (`tff_med.remote.records`); the coordinator
-sends handles and the model, and receives what the plan's aggregation sends."""
+"""Running a plan's rounds on hospital nodes (`tff_med.remote.node`).
+
+`on_nodes(aggregation, connections)` is an aggregation (as in
+`mechanisms.plans`) whose plans run each round across the reporting
+hospitals' workers, each building its dataset from its own records
+(`tff_med.remote.records`): the coordinator sends handles and the model, and
+receives what the aggregation sends; test metrics are computed on the nodes.
+`node_data(connections)` is the coordinator's `NodeData`, read from the
+nodes' manifests.
+"""
 
 import concurrent.futures
-from collections.abc import Mapping
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
 
 import grpc
+import numpy as np
 import tensorflow_federated as tff
 
+from tff_med.algorithms import BASELINES
+from tff_med.evaluation import mean_over_hospitals
 from tff_med.mechanisms.learning import LearningPlan
 from tff_med.mechanisms.round_plan import PlanWrapper, Round
 from tff_med.remote import records
-from tff_med.remote.context import Connection, NodeUnreachable, cohort_context, hospital_context
+from tff_med.remote.context import (Connection, NodeUnreachable, cohort_context,
+                                    coordinator_context, hospital_context, node_context)
+from tff_med.remote.node_data import NodeData
 
 _PROBE_SECONDS = 5.0
+
+
+def node_data(connections: Mapping[str, Connection]) -> NodeData:
+  """The hospitals' `NodeData`, from the manifest each node serves."""
+  read = records.manifest_computation()
+  manifests = {}
+  for hospital, connection in connections.items():
+    with tff.framework.get_context_stack().install(node_context(connection.counted)):
+      manifests[hospital] = json.loads(read(hospital))
+  return NodeData.from_manifests(manifests)
+
+
+def check_config(config) -> None:
+  """ValueError naming the `TrainConfig` field that hospital nodes cannot run."""
+  refused = {
+      'algorithm.name': (config.algorithm.name in BASELINES,
+                         'is a baseline that trains on records in one place (or each '
+                         'hospital alone): run it inside each hospital'),
+      'secure_agg.mode': (config.secure_agg.mode == 'tff',
+                          'runs only in TFF\'s test context, which lowers secure sums to '
+                          'plain sums; TFF\'s remote runtime does not run them'),
+      'attack.name': (config.attack.name != 'none',
+                      'is a simulated attack, for in-process research only'),
+      'personalize.method': (config.personalize.method != 'none',
+                             'fine-tunes on records in the coordinator\'s process'),
+  }
+  if config.secure_agg.mode == 'masking':
+    refused['secure_agg.mode'] = (True, (
+        'runs the masking parties\' Python cryptography, which TFF\'s workers (TensorFlow '
+        'graphs only) cannot run: in the coordinator\'s process it would hold every '
+        'hospital\'s keys, so it is refused (see the README)'))
+  if config.privacy.level == 'client' and config.clients_per_round:
+    refused['clients_per_round'] = (True, (
+        'with privacy.level=client amplifies by a secret cohort, but which nodes the '
+        'coordinator contacts each round is visible on the network'))
+  for field, (is_refused, why) in refused.items():
+    if is_refused:
+      value = getattr(config, field.split('.')[0])
+      value = getattr(value, field.split('.')[1]) if '.' in field else value
+      raise ValueError(f'{field}={value} with hospital nodes: it {why}')
+
+
+def on_nodes(aggregation, connections: Mapping[str, Connection]):
+  """`aggregation` ((task, client_work, dataset_fn, aggregator, **kwargs) ->
+  LearningPlan) with its plans' rounds run on the nodes (`RemoteHospitals`)."""
+
+  def build(task, client_work=None, dataset_fn=None, aggregator=None, **kwargs):
+    return RemoteHospitals(aggregation(task, client_work, dataset_fn, aggregator, **kwargs),
+                           connections)
+
+  return build
+
+
+def _probe(channels: Mapping[str, grpc.Channel], hospitals: Sequence[str]) -> set[str]:
+  """The `hospitals` whose channel does not connect within _PROBE_SECONDS."""
+  futures = {h: grpc.channel_ready_future(channels[h]) for h in hospitals}
+  down = set()
+  for hospital, future in futures.items():
+    try:
+      future.result(timeout=_PROBE_SECONDS)
+    except grpc.FutureTimeoutError:
+      future.cancel()
+      down.add(hospital)
+  return down
 
 
 class RemoteHospitals(PlanWrapper):
   """`inner`'s rounds run on the hospitals' nodes over `connections`
   ({hospital: `context.connect(...)`}); server-only computations (initialise,
-  weights) run in the coordinator's own context. A node that stops answering
-  mid-round stops the run with NodeUnreachable naming it; the saved state
-  resumes once it is back."""
+  weights, a round nobody reports in) run in the coordinator's own context.
+
+  Failures: a cohort member whose node does not answer when the round starts
+  is a dropout where `min_clients` is set (the loop skips the round if too few
+  are left), and stops the run with NodeUnreachable naming it where it is not;
+  a node that stops answering during a round stops the run naming it. The
+  saved state resumes once the node is back.
+
+  metrics['network']: the mean bytes of TFF's gRPC messages (serialised, before
+  TLS) from and to a reporting hospital in the round."""
 
   def __init__(self, inner: LearningPlan, connections: Mapping[str, Connection]):
-    missing = [h for h in inner.task.data.hospitals if h not in connections]
+    data, config = inner.task.data, inner.task.config
+    missing = [h for h in data.hospitals if h not in connections]
     if missing:
       raise ValueError(f'hospitals {", ".join(missing)}: no node address given')
-    config = inner.task.config
-    dataset = records.dataset_computation(inner.task.data.feature_shape, config.batch_size,
-                                          config.local_epochs, config.seed)
+    # Record-level DP's client work takes every record in one batch (DP-SGD samples).
+    dataset = records.dataset_computation(data.feature_shape, config.batch_size,
+                                          config.local_epochs, config.seed,
+                                          one_batch=config.privacy.level == 'record')
     super().__init__(inner.with_client_data(dataset, records.handle))
-    self._channels = {h: c.channel for h, c in connections.items()}
-    self._contexts = {h: hospital_context(c) for h, c in self._channels.items()}
+    self._connections = connections
+    self._contexts = {h: hospital_context(c.counted) for h, c in connections.items()}
+    self._node_contexts = {h: node_context(c.counted) for h, c in connections.items()}
+    self._coordinator = coordinator_context(config.max_concurrent_computation_calls)
+    self._evaluate = records.evaluation_computation(
+        inner.task.model_fn, inner.process.get_model_weights.type_signature.result,
+        data.feature_shape)
+
+  def unreachable(self, cohort):
+    return self._down(cohort, 'the run stops here (with min_clients set, such a hospital '
+                      'drops out of the round instead)') | self.inner.unreachable(cohort)
+
+  def _down(self, hospitals: Sequence[str], consequence: str) -> set[str]:
+    """Those of `hospitals` whose node does not answer now; NodeUnreachable
+    naming them, saying `consequence`, where min_clients is not set."""
+    down = _probe({h: c.channel for h, c in self._connections.items()}, hospitals)
+    if down and not self.inner.task.config.min_clients:
+      raise NodeUnreachable(
+          f'hospital {", ".join(sorted(down))}\'s node does not answer: {consequence}; the '
+          'run resumes from its last saved round once the node is back')
+    return down
 
   def run_round(self, state, round_: Round):
     if not round_.reporting:
       return self.inner.run_round(state, round_)
-    # TFF's remote contexts retry a call to a node that went away for ever, so the
-    # round runs in a thread while this one watches the nodes: one that stays
-    # unreachable for _PROBE_SECONDS has its channel closed, which ends the call.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      future = pool.submit(self._run_in_cohort, state, round_)
-      while True:
-        try:
-          return future.result(timeout=_PROBE_SECONDS)
-        except concurrent.futures.TimeoutError:
-          down = [h for h in round_.reporting if not self._answers(h)]
-          if down:
-            for hospital in down:
-              self._channels[hospital].close()
-            concurrent.futures.wait([future])
-            raise NodeUnreachable(
-                f'round {round_.number}: hospital {", ".join(down)}\'s node stopped answering; '
-                'the run stops here and resumes from its last saved round once the node is '
-                'back') from future.exception()
+    before = {h: self._connections[h].traffic() for h in round_.reporting}
+    result = self._watched(round_.reporting, f'round {round_.number}',
+                           self._run_in_cohort, state, round_)
+    moved = np.array([np.subtract(self._connections[h].traffic(), before[h])
+                      for h in round_.reporting], float)
+    return dataclasses.replace(result, metrics={
+        **result.metrics, 'network': {'bytes_from_hospital': float(moved[:, 1].mean()),
+                                      'bytes_to_hospital': float(moved[:, 0].mean())}})
+
+  def evaluate(self, state) -> dict:
+    """Each hospital's test metrics, computed on its node (`records.evaluation_computation`):
+    per hospital and their mean, and the pooled accuracy (weighted by test
+    size). The pooled AUC is NaN: it needs every hospital's logits in one
+    place, which nodes do not send. With min_clients set, a hospital whose node
+    does not answer gets NaN metrics (so do the means); without, the run stops."""
+    weights = self.get_model_weights(state)
+    data = self.task.data
+    down = self._down(data.hospitals, 'its test metrics cannot be computed')
+    per_hospital = {}
+    for hospital in data.hospitals:
+      metrics = ({'accuracy': np.nan, 'auc': np.nan} if hospital in down else
+                 self._watched([hospital], 'evaluation', self._evaluate_on, weights, hospital))
+      per_hospital[hospital] = {'accuracy': float(metrics['accuracy']),
+                                'auc': float(metrics['auc']),
+                                'num_test': data.num_test(hospital)}
+    sizes = np.array([m['num_test'] for m in per_hospital.values()], float)
+    accuracy = np.array([m['accuracy'] for m in per_hospital.values()])
+    return {'per_hospital': per_hospital, 'mean_hospital': mean_over_hospitals(per_hospital),
+            'pooled': {'accuracy': float(accuracy @ sizes / sizes.sum()),
+                       'auc': float('nan')}}
+
+  def _evaluate_on(self, weights, hospital: str):
+    with tff.framework.get_context_stack().install(self._node_contexts[hospital]):
+      return self._evaluate(weights, hospital)
 
   def _run_in_cohort(self, state, round_: Round):
     # The context stack is per thread: install the cohort's context in this one.
     with tff.framework.get_context_stack().install(
-        cohort_context(self._contexts, round_.reporting)):
+        cohort_context(self._contexts, round_.reporting, self._coordinator)):
       return self.inner.run_round(state, round_)
 
-  def _answers(self, hospital: str) -> bool:
-    try:
-      grpc.channel_ready_future(self._channels[hospital]).result(timeout=_PROBE_SECONDS)
-      return True
-    except grpc.FutureTimeoutError:
-      return False
+  def _watched(self, hospitals: Sequence[str], what: str, fn, *args):
+    """fn(*args), in a thread while this one watches `hospitals`' nodes: TFF's
+    remote contexts retry a call to a node that went away for ever, so one
+    that stays unreachable for _PROBE_SECONDS has its channel closed, which
+    ends the call, and NodeUnreachable names it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      future = pool.submit(fn, *args)
+      while True:
+        try:
+          return future.result(timeout=_PROBE_SECONDS)
+        except concurrent.futures.TimeoutError:
+          down = _probe({h: self._connections[h].channel for h in hospitals}, hospitals)
+          if down:
+            for hospital in down:
+              self._connections[hospital].channel.close()
+            concurrent.futures.wait([future])
+            raise NodeUnreachable(
+                f'{what}: hospital {", ".join(sorted(down))}\'s node stopped answering; the '
+                'run stops here and resumes from its last saved round once the node is '
+                'back') from future.exception()
