@@ -453,16 +453,29 @@ def load_inputs_per_seed(num_seeds: int) -> dict:
 @dataclasses.dataclass(frozen=True)
 class RunInputs:
   """One seed's data and model, and what summary.json records of them (so that a
-  finished run can be reloaded, e.g. by experiments.audit)."""
+  finished run can be reloaded, e.g. by experiments.audit). `data_config`: None
+  for hospital nodes' data (`remote.node_data.NodeData`), read from no flag."""
   data: data_lib.FederatedData
   keras_model_fn: functools.partial
   model_config: ModelConfig
-  data_config: data_lib.DataConfig
+  data_config: data_lib.DataConfig | None
 
   def summary_fields(self) -> dict:
     return {'model': self.model_config.name,
             'model_config': dataclasses.asdict(self.model_config),
-            'data_config': dataclasses.asdict(self.data_config)}
+            **({'data_config': dataclasses.asdict(self.data_config)}
+               if self.data_config else {})}
+
+
+def model_inputs(data: data_lib.FederatedData, config: data_lib.DataConfig | None = None,
+                 seed: int | None = None) -> RunInputs:
+  """`data` with the model the flags describe (initial weights from `seed`,
+  default --seed), validated: ValueError if the model does not fit the data."""
+  model = model_config()
+  keras_model_fn = functools.partial(build_keras_model, model, data.feature_shape,
+                                     FLAGS.seed if seed is None else seed)
+  keras_model_fn()  # Fails now, not mid-run, if the model does not fit the data.
+  return RunInputs(data, keras_model_fn, model, config)
 
 
 def load_run_inputs(seed: int | None = None) -> RunInputs:
@@ -473,11 +486,7 @@ def load_run_inputs(seed: int | None = None) -> RunInputs:
       any training.
   """
   config = data_config(seed)
-  data = data_lib.load(config)
-  model = model_config()
-  keras_model_fn = functools.partial(build_keras_model, model, data.feature_shape, config.seed)
-  keras_model_fn()  # Fails now, not mid-run, if the model does not fit the data.
-  return RunInputs(data, keras_model_fn, model, config)
+  return model_inputs(data_lib.load(config), config, config.seed)
 
 
 def parse_list(flag_name: str, convert=float) -> list:

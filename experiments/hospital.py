@@ -1,10 +1,13 @@
-r"""Serves one hospital's records to the study's coordinator.
+r"""Prepares and serves one hospital's records to the study's coordinator.
 
-    python -m experiments.hospital --name=cleveland --records=/srv/tff_med/records \
-        --port=7001 --certs=/srv/tff_med/certs
+    python -m experiments.hospital --name=cleveland --prepare_from=/srv/uci \
+        --records=/srv/tff_med/records --port=7001 --certs=/srv/tff_med/certs
 
-Runs TFF's worker in --records (which holds NAME/train.tfrecord and
-NAME/test.tfrecord: `tff_med.remote.records.write_records`) behind stunnel,
+With --prepare_from, first reads the hospital's raw data there (heart_disease:
+its own processed.NAME.data only) and writes, in --records/NAME/, its
+preprocessed train/test records and the manifest the coordinator may read
+(`tff_med.remote.records.prepare`); without it, serves records written before.
+Runs TFF's worker in --records behind stunnel,
 which accepts only the study coordinator's certificate (`experiments.make_certs`):
 --certs holds NAME.pem, NAME.key and ca.pem. Stops on SIGINT or SIGTERM, and
 stops its worker and proxy with it. --insecure_localhost serves the worker
@@ -21,6 +24,9 @@ import signal  # pylint: disable=g-import-not-at-top
 from absl import app
 from absl import flags
 
+from tff_med.data import DATASETS, DataConfig, DataError
+from tff_med.data.preprocess import SCALINGS
+from tff_med.remote import records
 from tff_med.remote.certs import TlsFiles
 from tff_med.remote.node import HospitalNode
 
@@ -30,6 +36,16 @@ _RECORDS = flags.DEFINE_string('records', None, 'Folder holding NAME/train.tfrec
 _PORT = flags.DEFINE_integer('port', None, 'Port the coordinator connects to.', required=True)
 _HOST = flags.DEFINE_string('host', '0.0.0.0', 'Address stunnel listens on.')
 _CERTS = flags.DEFINE_string('certs', None, 'Folder holding NAME.pem, NAME.key, ca.pem.')
+_PREPARE_FROM = flags.DEFINE_string('prepare_from', None, 'Folder with the hospital\'s raw '
+                                    'data: prepare its records before serving.')
+_DATASET = flags.DEFINE_enum('dataset', 'heart_disease',
+                             [d for d in DATASETS if d != 'csv'],
+                             'With --prepare_from: the data set.')
+_SCALING = flags.DEFINE_enum('scaling', 'public_ranges', list(SCALINGS), 'With '
+                             '--prepare_from: feature scaling (zscore uses the hospital\'s own '
+                             'statistics, which a DP guarantee does not cover).')
+_SEED = flags.DEFINE_integer('seed', 0, 'With --prepare_from: seed of the train/test split '
+                             '(the coordinator\'s --seed for the simulation\'s split).')
 _INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'Serve the worker without TLS, on '
                               'every interface: tests on one machine only.')
 
@@ -43,6 +59,16 @@ def main(argv):
   if _INSECURE.value and flags.FLAGS['host'].present:
     raise app.UsageError('--host applies to TLS; --insecure_localhost serves the worker '
                          'directly: leave it out')
+  if _PREPARE_FROM.value:
+    try:
+      records.prepare(DataConfig(_DATASET.value, data_dir=_PREPARE_FROM.value, seed=_SEED.value,
+                                 scaling=_SCALING.value), _NAME.value, _RECORDS.value)
+    except DataError as e:
+      raise app.UsageError(f'--prepare_from={_PREPARE_FROM.value}: {e}') from None
+  else:
+    for name in ('dataset', 'scaling', 'seed'):
+      if flags.FLAGS[name].present:
+        raise app.UsageError(f'--{name} applies to --prepare_from: it would be ignored')
   if not os.path.isdir(os.path.join(_RECORDS.value, _NAME.value)):
     raise app.UsageError(f'--records={_RECORDS.value}: no folder {_NAME.value}/ with the '
                          'hospital\'s records in it')

@@ -7,6 +7,14 @@ Writes TensorBoard events, metrics.csv, saved_model/ and summary.json under
 --output_dir (default runs/DATASET/ALGORITHM/seedSEED). A folder holding saved
 program state is resumed from its last completed round (--overwrite starts
 again).
+
+As the coordinator of hospital nodes (`experiments.hospital`), which hold the
+records, prepare them and compute the test metrics:
+
+    python -m experiments.train --hospitals=cleveland=hospital-a.example:7001,... \
+        --certs=/srv/tff_med/certs --dp=record --target_epsilon=1
+
+--certs holds coordinator.pem, coordinator.key and ca.pem (`experiments.make_certs`).
 """
 
 import math
@@ -23,6 +31,8 @@ from tff_med import run_state
 from tff_med import audit_log, training
 from tff_med.audit import run_audit
 from tff_med.data import DataError
+from tff_med.remote import certs, context
+from tff_med.remote import plan as remote_plan
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where outputs go; default '
                                   'runs/DATASET/ALGORITHM/seedSEED.')
@@ -31,8 +41,64 @@ _AUDIT = flags.DEFINE_bool('audit', False, 'After training, run the membership-i
 _AUDIT_KEY = flags.DEFINE_string('audit_key', None, 'Ed25519 private key (PEM) that signs the '
                                  'head of the run\'s audit log (audit_log.sig); make one with '
                                  'python -m experiments.verify_audit_log --new_key=PATH.')
+_HOSPITALS = flags.DEFINE_list('hospitals', [], 'Train on hospital nodes instead of data read '
+                               'here: NAME=HOST:PORT for each (experiments.hospital).')
+_CERTS = flags.DEFINE_string('certs', None, 'With --hospitals: folder with coordinator.pem, '
+                             'coordinator.key and ca.pem (mutual TLS).')
+_INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'With --hospitals: plain gRPC '
+                              'without TLS, for tests on one machine only.')
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiment_flags)  # --help lists them.
+
+# Data flags: with --hospitals, each node prepares its own records.
+_NODE_DATA_FLAGS = [flag[2:] for field, flag in experiment_flags.FIELD_FLAGS.items()
+                    if field.startswith('data.') and field != 'data.seed'
+                    and flag != '--dataset']
+
+
+def _node_inputs(connections) -> experiment_flags.RunInputs:
+  """The nodes' data (`remote.plan.node_data`) and the model the flags describe.
+  ValueError where --dataset names another data set than the nodes serve."""
+  data = remote_plan.node_data(connections)
+  if FLAGS['dataset'].present and FLAGS.dataset != data.name:
+    raise ValueError(f'--dataset={FLAGS.dataset}: the hospital nodes serve {data.name}')
+  FLAGS.dataset = data.name  # The defaults of the data set the nodes serve.
+  return experiment_flags.model_inputs(data)
+
+
+def _connect():
+  """{hospital: Connection} for --hospitals (empty without it); ValueError
+  naming the flag at fault."""
+  if not _HOSPITALS.value:
+    for name in ('certs', 'insecure_localhost'):
+      if FLAGS[name].present:
+        raise ValueError(f'--{name} applies to --hospitals: it would be ignored')
+    return {}
+  experiment_flags.refuse_flags(_NODE_DATA_FLAGS + ['audit'],
+                                'with --hospitals each node prepares its own data')
+  if _INSECURE.value == bool(_CERTS.value):
+    raise ValueError('--hospitals: give --certs (mutual TLS) or --insecure_localhost, not '
+                     'both or neither')
+  addresses = {}
+  for item in _HOSPITALS.value:
+    name, _, address = item.partition('=')
+    if not name or address.count(':') != 1 or name in addresses:
+      raise ValueError(f'--hospitals: {item!r} is not a new NAME=HOST:PORT')
+    addresses[name] = address
+  tls = certs.TlsFiles.of(_CERTS.value, certs.COORDINATOR) if _CERTS.value else None
+  connections = {}
+  try:
+    for name, address in addresses.items():
+      connections[name] = context.connect(name, address, tls)
+  except BaseException:
+    _close(connections)
+    raise
+  return connections
+
+
+def _close(connections) -> None:
+  for connection in connections.values():
+    connection.close()
 
 
 def _auc_coverage(summary: dict) -> str:
@@ -67,20 +133,36 @@ def _personalization_lines(block: dict) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  output_dir = _OUTPUT_DIR.value or os.path.join(
-      'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
+  connections = {}
   try:
-    experiment_flags.check_output_dir(output_dir)
     if _AUDIT.value and FLAGS.algorithm == 'local':
       raise ValueError('--audit attacks a global model: --algorithm=local has none')
     if _AUDIT_KEY.value:
       audit_log.public_key(_AUDIT_KEY.value)
-    inputs = experiment_flags.load_run_inputs()
+    connections = _connect()
+    inputs = (_node_inputs(connections) if connections else
+              experiment_flags.load_run_inputs())
+    output_dir = _OUTPUT_DIR.value or os.path.join(
+        'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
+    experiment_flags.check_output_dir(output_dir)
     data = inputs.data
     config = experiment_flags.train_config()
-    plan = training.build_plan(data, inputs.keras_model_fn, config, log=print)
-  except (DataError, ValueError) as e:
+    plan = training.build_plan(data, inputs.keras_model_fn, config, log=print,
+                               connections=connections or None)
+  except (DataError, ValueError, FileNotFoundError, context.NodeUnreachable) as e:
+    _close(connections)
     experiment_flags.exit_with_error(e, {'audit_key': '--audit_key'})
+  try:
+    _train(output_dir, inputs, config, plan)
+  except context.NodeUnreachable as e:
+    sys.exit(f'{e}\n(the state is saved in {output_dir}: run the same command again)')
+  finally:
+    _close(connections)
+
+
+def _train(output_dir, inputs, config, plan):
+  """Trains and prints the results."""
+  data = inputs.data
   print(f'{FLAGS.algorithm} on {data.name}: {len(data.hospitals)} hospitals '
         f'({", ".join(data.hospitals)}), {config.rounds} rounds', flush=True)
   try:

@@ -1,75 +1,89 @@
-"""Hospitals as separate node processes (TFF worker behind stunnel) reached over
-mutual TLS: the same model as the in-process simulation, handles only from the
-coordinator, refused certificates, a node killed mid-run, no process left."""
+"""Hospitals as separate node processes (TFF worker behind stunnel), each
+preparing its own records from its own raw file, reached over mutual TLS: the
+same model and test metrics as the in-process simulation, handles only from
+the coordinator and only model-sized messages back, refused certificates, a
+node lost before a round (dropout with min_clients, else a stop naming it, and
+a resume once it is back), the coordinator binary with record-level DP, no
+process left."""
 
+import dataclasses
 import functools
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import portpicker
 import pytest
 import tensorflow as tf
 
-from tff_med import runtime
+from tff_med import evaluation, runtime, training
 from tff_med.algorithms import AlgorithmConfig
-from tff_med.config import TrainConfig
-from tff_med.data.federated_data import FederatedData
-from tff_med.mechanisms.learning import plain_aggregation
+from tff_med.config import AttackConfig, TrainConfig
+from tff_med.data import heart_disease
+from tff_med.mechanisms.plans import build_plan
 from tff_med.mechanisms.round_plan import Round
-from tff_med.mechanisms.task import Task
 from tff_med.models import ModelConfig, build_keras_model
+from tff_med.privacy.dp_account import PrivacyConfig
 from tff_med.remote import certs, context, records
-from tff_med.remote.plan import RemoteHospitals
+from tff_med.remote import plan as remote_plan
+from tff_med.remote.node_data import NodeData
+from tff_med.secure_agg.config import SecureAggConfig
 
-_HOSPITALS = ('north', 'south', 'east')
-
-
-def _data():
-  rng = np.random.default_rng(5)
-  arrays = {}
-  for k, hospital in enumerate(_HOSPITALS):
-    x = rng.normal(size=(30 + 7 * k, 4)).astype(np.float32)
-    arrays[hospital] = (x, (x @ np.array([1.0, -1.0, 0.5, 0.0]) > 0).astype(np.int64))
-  return FederatedData.from_arrays('toy', arrays, arrays)
+_HOSPITALS = ('cleveland', 'hungarian', 'va')
+_ENV = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+_CONFIG = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1), rounds=3, batch_size=8,
+                      local_epochs=2, seed=3)
 
 
-def _plan(data):
-  config = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1), rounds=3, batch_size=8,
-                       local_epochs=2, seed=3)
-  keras_model_fn = functools.partial(build_keras_model, ModelConfig('mlp'), (4,), 0)
-  return plain_aggregation(Task(data, keras_model_fn, config))
+def _model_fn(data):
+  return functools.partial(build_keras_model, ModelConfig('logreg'), data.feature_shape, 0)
 
 
-def _train(plan, rounds=3, hospitals=_HOSPITALS):
+def _reference(data_dir):
+  """The three hospitals in process, prepared as their nodes prepare them."""
+  return heart_disease.load(data_dir, seed=0, scaling='public_ranges', hospitals=_HOSPITALS)
+
+
+def _train(plan, rounds=3):
   state = plan.initialize()
+  results = []
   for number in range(1, rounds + 1):
-    state = plan.run_round(state, Round(number, hospitals, hospitals)).state
-  return [np.asarray(w) for w in plan.get_model_weights(state).trainable]
+    results.append(plan.run_round(state, Round(number, _HOSPITALS, _HOSPITALS)))
+    state = results[-1].state
+  return state, results
 
 
-@pytest.fixture(scope='module')
-def study(tmp_path_factory):
-  """Certificates, and each hospital's records in a folder of its own."""
-  root = tmp_path_factory.mktemp('study')
-  certs.make_study_certs(str(root / 'certs'), _HOSPITALS)
-  data = _data()
-  folders = {}
-  for hospital in _HOSPITALS:
-    folders[hospital] = str(root / f'node_{hospital}')
-    records.write_records(data, hospital, folders[hospital])
-  return data, str(root / 'certs'), folders
+class _Study:
+  """Certificates, each hospital's raw file in a folder of its own, and one node
+  per hospital (`experiments.hospital --prepare_from`)."""
 
+  def __init__(self, root, data_dir):
+    self.root = str(root)
+    certs.make_study_certs(f'{self.root}/certs', _HOSPITALS)
+    self.ports, self.nodes = {}, {}
+    for hospital in _HOSPITALS:
+      os.makedirs(f'{self.root}/{hospital}/raw')
+      shutil.copy(f'{data_dir}/heart_disease/processed.{hospital}.data',
+                  f'{self.root}/{hospital}/raw')
+      self.ports[hospital] = portpicker.pick_unused_port()
+      self.start(hospital, prepare=True)
 
-def _start_node(hospital, folder, port, certs_dir):
-  process = runtime.start_owned(
-      [sys.executable, '-m', 'experiments.hospital', f'--name={hospital}',
-       f'--records={folder}', f'--port={port}', f'--certs={certs_dir}', '--host=127.0.0.1'],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
-  line = process.stdout.readline()
-  assert 'serving' in line, line + process.stdout.read()
-  return process
+  def start(self, hospital, prepare=False):
+    process = runtime.start_owned(
+        [sys.executable, '-m', 'experiments.hospital', f'--name={hospital}',
+         *([f'--prepare_from={self.root}/{hospital}/raw'] if prepare else []),
+         f'--records={self.root}/{hospital}/records', f'--port={self.ports[hospital]}',
+         f'--certs={self.root}/certs', '--host=127.0.0.1'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_ENV)
+    line = process.stdout.readline()
+    assert 'serving' in line, line + process.stdout.read()
+    self.nodes[hospital] = process
+
+  def addresses(self):
+    return {h: f'localhost:{self.ports[h]}' for h in _HOSPITALS}
 
 
 def _descendants(pid):
@@ -79,15 +93,12 @@ def _descendants(pid):
 
 
 @pytest.fixture(scope='module')
-def nodes(study):
-  """The three nodes, started once for the module (the last test kills one)."""
-  import portpicker  # pylint: disable=g-import-not-at-top
-  _, certs_dir, folders = study
-  ports = {h: portpicker.pick_unused_port() for h in _HOSPITALS}
-  processes = {h: _start_node(h, folders[h], ports[h], certs_dir) for h in _HOSPITALS}
-  helpers = {h: _descendants(p.pid) for h, p in processes.items()}
-  yield ports, processes
-  runtime.stop_processes(list(processes.values()))
+def study(tmp_path_factory, data_dir):
+  """The three nodes, started once for the module (the last tests stop one)."""
+  study_ = _Study(tmp_path_factory.mktemp('study'), data_dir)
+  helpers = {h: _descendants(p.pid) for h, p in study_.nodes.items()}
+  yield study_
+  runtime.stop_processes(list(study_.nodes.values()))
   for hospital, pids in helpers.items():
     assert len(pids) == 2, (hospital, pids)  # worker_binary and stunnel
     for pid in pids:  # None is left once its node is stopped.
@@ -111,65 +122,196 @@ def connect(monkeypatch):
   assert all(p.poll() is not None for p in tunnels)
 
 
-def _connections(connect, ports, certs_dir):
-  tls = certs.TlsFiles.of(certs_dir, certs.COORDINATOR)
-  return {h: connect(h, f'localhost:{ports[h]}', tls) for h in _HOSPITALS}
+def _connections(connect, study_):
+  tls = certs.TlsFiles.of(f'{study_.root}/certs', certs.COORDINATOR)
+  return {h: connect(h, a, tls) for h, a in study_.addresses().items()}
 
 
-def test_three_nodes_over_mutual_tls_train_the_in_process_model(study, nodes, connect):
-  data, certs_dir, _ = study
-  ports, _ = nodes
+def test_three_nodes_over_mutual_tls_train_and_evaluate_as_in_process(study, connect,
+                                                                      data_dir):
+  reference = _reference(data_dir)
   # The in-process simulation's shuffles depend on TF's global seed where one was
   # set in this process (tf.random.set_seed; the baselines set it); the nodes'
   # graphs never see it. Compare with the simulation run as a fresh process runs it.
   tf.random.set_seed(None)
   with runtime.execution_context():
-    expected = _train(_plan(data))
-    plan = RemoteHospitals(_plan(data), _connections(connect, ports, certs_dir))
+    connections = _connections(connect, study)
+    data = remote_plan.node_data(connections)
+    # The coordinator holds the nodes' declarations, not one record.
+    assert isinstance(data, NodeData) and data.hospitals == _HOSPITALS
+    for h in _HOSPITALS:
+      assert (data.num_train(h), data.num_test(h)) == (reference.num_train(h),
+                                                       reference.num_test(h))
+      assert len(data.test[h][0]) == 0
+      assert data.train.create_tf_dataset_for_client(h).reduce(0, lambda n, _: n + 1) == 0
+      assert data.schemas[h] == reference.schemas[h]
+    plan = build_plan(data, _model_fn(data), _CONFIG, connections=connections)
     sent = []
     process = plan.inner.process
-    original_next = process.next
     plan.inner.process = type('Spy', (), {
         **{k: getattr(process, k) for k in ('initialize', 'get_model_weights')},
         'next': lambda self, state, client_data: (sent.append(client_data),
-                                                  original_next(state, client_data))[1]})()
-    got = _train(plan)
-  for e, g in zip(expected, got):
+                                                  process.next(state, client_data))[1]})()
+    before = [connections[h].traffic() for h in _HOSPITALS]
+    state, results = _train(plan)
+    moved = np.subtract([connections[h].traffic() for h in _HOSPITALS], before)
+    got_eval = plan.evaluate(state)
+    expected_plan = build_plan(reference, _model_fn(reference), _CONFIG)
+    expected_state, _ = _train(expected_plan)
+    expected_eval = expected_plan.evaluate(expected_state)
+  for e, g in zip(plan.get_model_weights(state).trainable,
+                  expected_plan.get_model_weights(expected_state).trainable):
     np.testing.assert_allclose(g, e, atol=1e-5)
+  # Test metrics computed on the nodes equal scikit-learn's on the same model.
+  for h in _HOSPITALS:
+    for metric in ('accuracy', 'auc', 'num_test'):
+      assert got_eval['per_hospital'][h][metric] == pytest.approx(
+          expected_eval['per_hospital'][h][metric], abs=1e-5)
+  assert got_eval['pooled']['accuracy'] == pytest.approx(expected_eval['pooled']['accuracy'])
+  assert np.isnan(got_eval['pooled']['auc'])  # Needs all logits in one place.
   # The coordinator's only per-hospital arguments were handles, never records.
   assert sent == [[records.handle(h, r) for h in _HOSPITALS] for r in (1, 2, 3)]
+  # What a hospital sent does not grow with its records: the same bytes from va (85
+  # training records) as from cleveland (199), within a few varint bytes, and at
+  # least the model's update.
+  model_bytes = 4 * _model_fn(data)().count_params()
+  for result in results:
+    print(f"bytes per hospital in round: from it {result.metrics['network']['bytes_from_hospital']:.0f}, "
+          f"to it {result.metrics['network']['bytes_to_hospital']:.0f}")
+  # Every node got the same (the model, the computation, its handle) and sent the
+  # same: no node ran the merge, which would have handed it the others' updates (TFF's
+  # own mergeable context merges on whichever node finishes first).
+  print('bytes to and from each hospital over 3 rounds:', moved.tolist())
+  assert np.ptp(moved[:, 0]) < 64 and np.ptp(moved[:, 1]) < 64, moved
+  assert moved[:, 1].min() >= 3 * model_bytes
 
 
-def test_a_connection_without_the_coordinators_certificate_is_refused(study, nodes, connect):
-  _, certs_dir, _ = study
-  ports, _ = nodes
-  address = {h: f'localhost:{ports[h]}' for h in _HOSPITALS}
+def test_metrics_computed_in_the_worker_match_scikit_learn():
+  rng = np.random.default_rng(0)
+  cases = [
+      (rng.normal(size=50), rng.integers(0, 2, 50)),
+      (np.round(rng.normal(size=60), 1), rng.integers(0, 2, 60)),  # Many ties.
+      (np.array([np.inf, -np.inf, 0.5, 0.5, -1.0]), np.array([1, 0, 1, 0, 0])),
+      (rng.normal(size=10), np.ones(10, int)),  # One class: AUC undefined.
+      (np.array([0.1, np.nan, 2.0]), np.array([0, 1, 1])),  # Diverged.
+  ]
+  for logits, labels in cases:
+    got = records._binary_metrics(tf.constant(logits, tf.float64),  # pylint: disable=protected-access
+                                  tf.constant(labels, tf.float64))
+    expected = evaluation.binary_metrics(logits, labels)
+    for metric in ('accuracy', 'auc'):
+      np.testing.assert_allclose(float(got[metric]), expected[metric], rtol=1e-12,
+                                 err_msg=f'{metric} of {logits}')
+
+
+@pytest.mark.parametrize('field, config', [
+    ('algorithm.name', TrainConfig(AlgorithmConfig('pooled'))),
+    ('secure_agg.mode', TrainConfig(secure_agg=SecureAggConfig(mode='masking'))),
+    ('secure_agg.mode', TrainConfig(secure_agg=SecureAggConfig(mode='tff'))),
+    ('attack.name', TrainConfig(attack=AttackConfig('label_flip', attacker='va'))),
+    ('clients_per_round', TrainConfig(clients_per_round=2, privacy=PrivacyConfig(
+        level='client', noise_multiplier=1.0, l2_norm_clip=1.0))),
+])
+def test_what_nodes_cannot_run_is_refused_naming_the_field(field, config):
+  with pytest.raises(ValueError, match=f'^{field}=.* with hospital nodes'):
+    remote_plan.check_config(config)
+
+
+def test_a_connection_without_the_coordinators_certificate_is_refused(study, connect):
+  certs_dir = f'{study.root}/certs'
+  address = study.addresses()
   # A study member's certificate, not the coordinator's: the node's checkHost refuses it.
-  with pytest.raises(context.NodeUnreachable, match='hospital north at localhost'):
-    connect('north', address['north'], certs.TlsFiles.of(certs_dir, 'south'))
+  with pytest.raises(context.NodeUnreachable, match='hospital cleveland at localhost'):
+    connect('cleveland', address['cleveland'], certs.TlsFiles.of(certs_dir, 'va'))
   # The coordinator's name, from another study's CA.
-  other = os.path.join(os.path.dirname(certs_dir), 'other_certs')
+  other = f'{study.root}/other_certs'
   if not os.path.exists(other):
     certs.make_study_certs(other, _HOSPITALS)
-  with pytest.raises(context.NodeUnreachable, match='hospital south'):
-    connect('south', address['south'], certs.TlsFiles.of(other, certs.COORDINATOR))
+  with pytest.raises(context.NodeUnreachable, match='hospital hungarian'):
+    connect('hungarian', address['hungarian'], certs.TlsFiles.of(other, certs.COORDINATOR))
   # Plain gRPC to the TLS port.
-  with pytest.raises(context.NodeUnreachable, match='hospital east'):
-    connect('east', address['east'], None)
+  with pytest.raises(context.NodeUnreachable, match='hospital va'):
+    connect('va', address['va'], None)
   # The right coordinator certificate, but the node answering is another hospital's.
-  with pytest.raises(context.NodeUnreachable, match='hospital north at'):
-    connect('north', address['south'], certs.TlsFiles.of(certs_dir, certs.COORDINATOR))
+  with pytest.raises(context.NodeUnreachable, match='hospital cleveland at'):
+    connect('cleveland', address['va'], certs.TlsFiles.of(certs_dir, certs.COORDINATOR))
   # And the right one is accepted.
-  assert connect('north', address['north'], certs.TlsFiles.of(certs_dir, certs.COORDINATOR))
+  assert connect('cleveland', address['cleveland'],
+                 certs.TlsFiles.of(certs_dir, certs.COORDINATOR))
 
 
-def test_a_node_killed_mid_run_stops_the_run_naming_it(study, nodes, connect):
-  data, certs_dir, _ = study
-  ports, processes = nodes
-  with runtime.execution_context():
-    plan = RemoteHospitals(_plan(data), _connections(connect, ports, certs_dir))
-    state = plan.initialize()
-    state = plan.run_round(state, Round(1, _HOSPITALS, _HOSPITALS)).state
-    runtime.stop_processes([processes['south']])
-    with pytest.raises(context.NodeUnreachable, match="round 2: hospital south's node"):
-      plan.run_round(state, Round(2, _HOSPITALS, _HOSPITALS))
+def test_the_coordinator_binary_accounts_record_dp_with_the_nodes_sizes(study, data_dir,
+                                                                         tmp_path):
+  output = tmp_path / 'run'
+  run = subprocess.run(
+      [sys.executable, '-m', 'experiments.train',
+       '--hospitals=' + ','.join(f'{h}={a}' for h, a in study.addresses().items()),
+       f'--certs={study.root}/certs', '--dp=record', '--target_epsilon=1', '--rounds=2',
+       f'--output_dir={output}'], capture_output=True, text=True, env=_ENV, timeout=600)
+  assert run.returncode == 0, run.stdout + run.stderr
+  summary = json.loads((output / 'summary.json').read_text())
+  assert summary['hospitals'] == list(_HOSPITALS) and summary['rounds_completed'] == 2
+  assert 'data_config' not in summary  # No data folder was read.
+  # The same calibration as the in-process simulation of these three hospitals.
+  reference = _reference(data_dir)
+  config = TrainConfig(AlgorithmConfig('fedavg', client_lr=summary['config']['algorithm'][
+      'client_lr']), rounds=2, batch_size=summary['config']['batch_size'],
+                       local_epochs=summary['config']['local_epochs'],
+                       privacy=PrivacyConfig(**{**summary['config']['privacy']}))
+  expected = build_plan(reference, _model_fn(reference), config, log=lambda _: None)
+  assert summary['privacy']['noise_multiplier'] == pytest.approx(expected.dp.noise_multiplier)
+  assert summary['privacy']['epsilon'] <= 1.0
+  assert 'with mutual TLS' not in run.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--certs=x'], '--certs applies to --hospitals'),
+    (['--hospitals=a=localhost:1', '--insecure_localhost', '--data_dir=x'],
+     '--data_dir is not used by this binary: with --hospitals each node prepares its own'),
+    (['--hospitals=a=localhost', '--insecure_localhost'], "'a=localhost' is not a new NAME=HOST:PORT"),
+])
+def test_coordinator_flag_errors_are_one_line(flags, message):
+  run = subprocess.run([sys.executable, '-m', 'experiments.train', *flags],
+                       capture_output=True, text=True, env=_ENV, timeout=120)
+  assert run.returncode != 0 and message in run.stderr, run.stderr
+  assert 'Traceback' not in run.stderr
+
+
+def test_a_lost_node_stops_the_run_until_it_is_back_or_with_min_clients_drops_out(
+    study, connect, tmp_path):
+  log = []
+
+  def run(output, config, stop_after_round_1=None):
+    def log_(line):
+      log.append(line)
+      if stop_after_round_1 and line.startswith('round    1/'):
+        runtime.stop_processes([study.nodes[stop_after_round_1]])
+    connections = _connections(connect, study)
+    with runtime.execution_context():
+      data = remote_plan.node_data(connections)
+    return training.run(data, _model_fn(data), config, output_dir=str(tmp_path / output),
+                        plan=build_plan(data, _model_fn(data), config, log=log_,
+                                        connections=connections), log=log_)
+
+  config = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1), rounds=2, batch_size=8,
+                       eval_every=1, seed=3)
+  # Without min_clients: hungarian's node stops after round 1, and round 2 stops the
+  # run naming it; the state after round 1 is saved.
+  with pytest.raises(context.NodeUnreachable, match="hospital hungarian's node does not "
+                     'answer: the run stops here'):
+    run('stopped', config, stop_after_round_1='hungarian')
+  # Back: the same run resumes after round 1 and finishes.
+  study.start('hungarian')
+  summary = run('stopped', config)
+  assert summary['rounds_completed'] == 2 and summary['sessions'] == 2
+  assert any('resuming after round 1' in line for line in log)
+  # With min_clients=2 a lost node is a dropout: round 2 trains on the other two,
+  # and the lost hospital's test metrics are NaN.
+  summary = run('dropout', dataclasses.replace(config, min_clients=2),
+                stop_after_round_1='hungarian')
+  assert summary['rounds_completed'] == 2 and summary['dropouts'] == 1
+  assert np.isnan(summary['per_hospital']['hungarian']['accuracy'])
+  assert not np.isnan(summary['per_hospital']['va']['accuracy'])
+  rows = (tmp_path / 'dropout' / 'metrics.csv').read_text().splitlines()
+  header = rows[0].split(',')
+  assert [r.split(',')[header.index('reporting')] for r in rows[1:]] == ['3', '2']
