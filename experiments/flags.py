@@ -24,6 +24,7 @@ from absl import logging
 import tensorflow as tf
 
 from tff_med import data as data_lib
+from tff_med.data import heart_disease
 from tff_med import grid
 from tff_med import run_state
 from tff_med.algorithms import ALGORITHMS, BASELINES, CLIENT_WEIGHTINGS, AlgorithmConfig
@@ -120,6 +121,9 @@ flags.DEFINE_enum('scaling', None, ['zscore', 'public_ranges'], 'Scaling of tabl
 flags.DEFINE_list('feature_ranges', [], 'For --dataset=csv --scaling=public_ranges: '
                   'COLUMN:LOW:HIGH for every numeric column, declared from public '
                   'knowledge (never computed from the files), e.g. age:18:100,bp:50:250.')
+flags.DEFINE_enum('split', 'seeded', list(heart_disease.SPLITS), 'For heart_disease: '
+                  'seeded (stratified 66/34 with --seed) or flamby (FLamby\'s own split, '
+                  'random_state 43, to compare with its published results).')
 flags.DEFINE_float('test_fraction', 0.34, 'For breast_cancer and csv: share of each '
                    'hospital\'s records held out for its test set (heart_disease keeps '
                    'FLamby\'s 0.34; MedMNIST uses its official test set).')
@@ -273,6 +277,7 @@ def data_config(seed: int | None = None) -> data_lib.DataConfig:
       id_columns=tuple(FLAGS.id_columns), positive_label=FLAGS.positive_label,
       missing=FLAGS.missing, csv_encoding=FLAGS.csv_encoding,
       test_fraction=FLAGS.test_fraction, seed=FLAGS.seed if seed is None else seed,
+      split=FLAGS.split,
       scaling=FLAGS.scaling or ('public_ranges' if FLAGS.dp != 'none' else 'zscore'),
       feature_ranges=_feature_ranges())
   # A flag the data set would not read is an error even at its default value (the

@@ -31,16 +31,24 @@ def _raw(data_dir: str, hospital: str) -> pd.DataFrame:
   return frame.drop(columns=['slope', 'ca', 'thal']).dropna().reset_index(drop=True)
 
 
-def _reference_train(data_dir: str, hospital: str) -> tuple[np.ndarray, np.ndarray]:
-  """Z-scored training features and labels, computed independently with pandas."""
+def _reference_train(data_dir: str, hospital: str,
+                     flamby: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Z-scored training features and labels, computed independently with pandas;
+  `flamby`: with FLamby's own split (its dataset code, fed_heart_disease)."""
   frame = _raw(data_dir, hospital)
   y = (frame.pop('num') > 0).astype(int).to_numpy()
   frame['cp'] = pd.Categorical(frame['cp'].astype(int), categories=[1, 2, 3, 4])
   frame['restecg'] = pd.Categorical(frame['restecg'].astype(int), categories=[0, 1, 2])
   x = pd.get_dummies(frame, columns=['cp', 'restecg'], drop_first=True).astype(float).to_numpy()
-  stratify = y if np.bincount(y).min() >= 2 else None
-  train, _ = model_selection.train_test_split(np.arange(len(y)), test_size=0.34,
-                                              stratify=stratify, random_state=0)
+  if flamby:
+    stratify = y if np.bincount(y).min() > 2 else None
+    train, _ = model_selection.train_test_split(
+        np.arange(len(y)), train_size=0.66, test_size=0.34, random_state=43, shuffle=True,
+        stratify=stratify)
+  else:
+    stratify = y if np.bincount(y).min() >= 2 else None
+    train, _ = model_selection.train_test_split(np.arange(len(y)), test_size=0.34,
+                                                stratify=stratify, random_state=0)
   x_train = x[train]
   std = x_train.std(axis=0)
   return (x_train - x_train.mean(axis=0)) / np.where(std > 0, std, 1), y[train]
@@ -73,6 +81,24 @@ def test_train_features_are_zscored_per_hospital(heart, data_dir):
     np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(x.std(axis=0)[varying], 1, atol=1e-4)
     assert np.isfinite(heart.test[hospital][0]).all()
+
+
+def test_flamby_split_is_flambys_own_and_a_node_loads_its_hospital_alone(heart, data_dir):
+  flamby = heart_disease.load(data_dir, seed=7, split='flamby')  # The seed does not move it.
+  differs = []
+  for hospital in HOSPITALS:
+    x, y = flamby.train_arrays(hospital)
+    x_ref, y_ref = _reference_train(data_dir, hospital, flamby=True)
+    np.testing.assert_allclose(x, x_ref, atol=1e-5)
+    np.testing.assert_array_equal(y, y_ref)
+    differs.append(not np.array_equal(y, heart.train_arrays(hospital)[1]))
+    alone = heart_disease.load(data_dir, split='flamby', hospitals=(hospital,))
+    np.testing.assert_array_equal(alone.train_arrays(hospital)[0], x)
+    np.testing.assert_array_equal(alone.test[hospital][0], flamby.test[hospital][0])
+  assert any(differs)
+  assert "FLamby's own 66/34 split" in flamby.description
+  with pytest.raises(data.DataError, match="data.split='random'"):
+    heart_disease.load(data_dir, split='random')
 
 
 def test_data_dir_can_be_the_heart_disease_folder(data_dir):

@@ -44,6 +44,9 @@ class DataConfig:
       ignores it (pixel / 255). FederatedData.preprocessing reports the result.
     feature_ranges: csv with scaling 'public_ranges': one (column, low, high)
       per numeric column, in the column's units.
+    split: heart_disease's train/test split: 'seeded' (stratified 66/34 with
+      `seed`) or 'flamby' (FLamby's own split, random_state 43, so results sit
+      next to FLamby's published ones on the same patients).
 
   A field the data set would not read (CSV_FIELDS, `unread_fields`) must keep
   its default: `load` refuses it rather than ignore it.
@@ -67,6 +70,7 @@ class DataConfig:
   positive_label: str | None = None
   missing: str = 'error'
   csv_encoding: str = 'utf-8'
+  split: str = 'seeded'
 
   def resolved_data_dir(self) -> str:
     """`data_dir`, else $TFF_MED_DATA_DIR; DataError when neither is set."""
@@ -110,9 +114,12 @@ def unread_fields(config: DataConfig) -> dict[str, str]:
   if config.dataset == 'heart_disease':
     unread['test_fraction'] = (f'applies to breast_cancer and csv, {dataset} (FLamby\'s '
                                'fixed 0.34)')
+
   elif config.dataset in medmnist.NAMES:
     unread['test_fraction'] = (f'applies to breast_cancer and csv, {dataset} (MedMNIST\'s '
                                'official test set)')
+  if config.dataset != 'heart_disease':
+    unread['split'] = f'applies to heart_disease only, {dataset}'
   return unread
 
 
@@ -134,7 +141,8 @@ def load(config: DataConfig) -> FederatedData:
       raise DataError(f'data.{field}={_field_text(getattr(config, field))} {reason}: it '
                       'would be ignored; leave it out')
   if config.dataset == 'heart_disease':
-    return heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling)
+    return heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling,
+                              split=config.split)
   if config.dataset == 'breast_cancer':
     return breast_cancer.load(config.num_hospitals, config.partition, config.seed,
                               config.dirichlet_alpha, config.profile_features or None,

@@ -51,10 +51,15 @@ PUBLIC_RANGES = {
 }
 
 
+SPLITS = ('seeded', 'flamby')
+
+
 def load(data_dir: str, seed: int = 0, scaling: str = 'zscore',
-         hospitals: Sequence[str] = HOSPITALS) -> FederatedData:
+         hospitals: Sequence[str] = HOSPITALS, split: str = 'seeded') -> FederatedData:
   """Loads the four hospitals (or `hospitals` of them: a hospital's node reads its
   own file only) from `data_dir` (holding heart_disease/, or that folder).
+  `split`: 'seeded' (stratified 66/34, `random_state=seed`) or 'flamby'
+  (FLamby's own split, `preprocess.flamby_split`, whatever `seed`).
 
   Returns FederatedData with 13 float32 features per record, label num > 0,
   scaled by `scaling` (one of preprocess.SCALINGS; see the module docstring).
@@ -65,14 +70,17 @@ def load(data_dir: str, seed: int = 0, scaling: str = 'zscore',
       NaN/inf value, num outside 0..4, cp/restecg outside their levels, or a
       file with no rows (or none without a missing value).
   """
+  if split not in SPLITS:
+    raise DataError(f'data.split={split!r}: choose one of {", ".join(SPLITS)}')
   folder = preprocess.resolve_dir(data_dir, 'heart_disease')
   train, test = {}, {}
   for hospital in hospitals:
     if hospital not in HOSPITALS:
       raise DataError(f'hospital {hospital!r}: UCI Heart Disease has {", ".join(HOSPITALS)}')
     x, y = read_hospital(hospital, os.path.join(folder, f'processed.{hospital}.data'))
-    train[hospital], test[hospital] = preprocess.split_train_test(
-        f'hospital {hospital!r}', x, y, TEST_FRACTION, seed)
+    train[hospital], test[hospital] = (
+        preprocess.flamby_split(x, y) if split == 'flamby' else
+        preprocess.split_train_test(f'hospital {hospital!r}', x, y, TEST_FRACTION, seed))
   train, test, transforms = preprocess.scale_hospitals(
       train, test, scaling, {FEATURE_NAMES.index(c): r for c, r in PUBLIC_RANGES.items()})
   source = ("each hospital's own training mean/std, all 13 features" if scaling == 'zscore'
@@ -84,7 +92,8 @@ def load(data_dir: str, seed: int = 0, scaling: str = 'zscore',
   return FederatedData.from_arrays(
       'heart_disease', train, test, feature_names=FEATURE_NAMES,
       description=(f'UCI Heart Disease, {_which(hospitals)}, FLamby preprocessing '
-                   f'(stratified 66/34 split, seed {seed})'),
+                   + ("(FLamby's own 66/34 split, random_state 43)" if split == 'flamby' else
+                      f'(stratified 66/34 split, seed {seed})')),
       preprocessing=preprocess.preprocessing(scaling, scaling == 'zscore', source),
       schemas=schema.table_schemas(
           features, transforms, source, data_dependent=scaling == 'zscore',

@@ -82,6 +82,22 @@ def split_train_test(what: str, x: np.ndarray, y: np.ndarray, test_fraction: flo
   return (x[train], y[train]), (x[test], y[test])
 
 
+FLAMBY_SEED = 43  # FLamby's Fed-Heart-Disease split: random_state=43 in every hospital.
+
+
+def flamby_split(x: np.ndarray, y: np.ndarray) -> tuple[Arrays, Arrays]:
+  """FLamby's Fed-Heart-Disease train/test split of one hospital, exactly:
+  `train_test_split(np.arange(n), train_size=0.66, test_size=0.34,
+  random_state=43, shuffle=True, stratify=y)` when each class has more than 2
+  records, else the same unstratified."""
+  _, counts = np.unique(y, return_counts=True)
+  stratify = y if len(counts) > 1 and (counts > 2).all() else None
+  train, test = model_selection.train_test_split(
+      np.arange(len(y)), train_size=0.66, test_size=0.34, random_state=FLAMBY_SEED,
+      shuffle=True, stratify=stratify)
+  return (x[train], y[train]), (x[test], y[test])
+
+
 def check_scaling(scaling: str) -> None:
   """DataError naming the field `data.scaling` unless it is one of SCALINGS."""
   if scaling not in SCALINGS:

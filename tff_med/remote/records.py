@@ -57,7 +57,7 @@ def prepare(config: DataConfig, hospital: str, folder: str) -> FederatedData:
   DataError naming the hospital where the data set has no such hospital."""
   if config.dataset == 'heart_disease':
     data = heart_disease.load(config.resolved_data_dir(), config.seed, config.scaling,
-                              hospitals=(hospital,))
+                              hospitals=(hospital,), split=config.split)
   else:
     data = data_lib.load(config)
     if hospital not in data.hospitals:
