@@ -20,11 +20,12 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import signal  # pylint: disable=g-import-not-at-top
+import sys
 
 from absl import app
 from absl import flags
 
-from tff_med.data import DATASETS, DataConfig, DataError
+from tff_med.data import DATASETS, DataConfig, DataError, heart_disease, medmnist
 from tff_med.data.preprocess import SCALINGS
 from tff_med.remote import records
 from tff_med.remote.certs import TlsFiles
@@ -46,36 +47,53 @@ _SCALING = flags.DEFINE_enum('scaling', 'public_ranges', list(SCALINGS), 'With '
                              'statistics, which a DP guarantee does not cover).')
 _SEED = flags.DEFINE_integer('seed', 0, 'With --prepare_from: seed of the train/test split '
                              '(the coordinator\'s --seed for the simulation\'s split).')
+_SPLIT = flags.DEFINE_enum('split', 'seeded', list(heart_disease.SPLITS), 'With '
+                           '--prepare_from, heart_disease: seeded or flamby (FLamby\'s split).')
 _INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'Serve the worker without TLS, on '
                               'every interface: tests on one machine only.')
+
+
+def _prepare_or_check() -> TlsFiles | None:
+  """Prepares the records (--prepare_from) and returns the node's TLS files;
+  ValueError naming the flag at fault."""
+  if _INSECURE.value == bool(_CERTS.value):
+    raise ValueError('give --certs (mutual TLS) or --insecure_localhost, not both or neither')
+  if _INSECURE.value and flags.FLAGS['host'].present:
+    raise ValueError('--host applies to TLS; --insecure_localhost serves the worker directly: '
+                     'leave it out')
+  if _PREPARE_FROM.value:
+    ignored = [name for name, applies in (
+        ('scaling', _DATASET.value not in medmnist.NAMES),
+        ('split', _DATASET.value == 'heart_disease')) if flags.FLAGS[name].present and not applies]
+    if ignored:
+      raise ValueError(f'--{ignored[0]} does not apply to --dataset={_DATASET.value}: it '
+                       'would be ignored')
+    try:
+      records.prepare(DataConfig(_DATASET.value, data_dir=_PREPARE_FROM.value, seed=_SEED.value,
+                                 scaling=_SCALING.value, split=_SPLIT.value),
+                      _NAME.value, _RECORDS.value)
+    except DataError as e:
+      raise ValueError(f'--prepare_from={_PREPARE_FROM.value}: {e}') from None
+  else:
+    for name in ('dataset', 'scaling', 'seed', 'split'):
+      if flags.FLAGS[name].present:
+        raise ValueError(f'--{name} applies to --prepare_from: it would be ignored')
+  if not os.path.isdir(os.path.join(_RECORDS.value, _NAME.value)):
+    raise ValueError(f'--records={_RECORDS.value}: no folder {_NAME.value}/ with the '
+                     'hospital\'s records in it')
+  try:
+    return TlsFiles.of(_CERTS.value, _NAME.value) if _CERTS.value else None
+  except FileNotFoundError as e:
+    raise ValueError(f'--certs: {e}') from None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _INSECURE.value == bool(_CERTS.value):
-    raise app.UsageError('give --certs (mutual TLS) or --insecure_localhost, not both or '
-                         'neither')
-  if _INSECURE.value and flags.FLAGS['host'].present:
-    raise app.UsageError('--host applies to TLS; --insecure_localhost serves the worker '
-                         'directly: leave it out')
-  if _PREPARE_FROM.value:
-    try:
-      records.prepare(DataConfig(_DATASET.value, data_dir=_PREPARE_FROM.value, seed=_SEED.value,
-                                 scaling=_SCALING.value), _NAME.value, _RECORDS.value)
-    except DataError as e:
-      raise app.UsageError(f'--prepare_from={_PREPARE_FROM.value}: {e}') from None
-  else:
-    for name in ('dataset', 'scaling', 'seed'):
-      if flags.FLAGS[name].present:
-        raise app.UsageError(f'--{name} applies to --prepare_from: it would be ignored')
-  if not os.path.isdir(os.path.join(_RECORDS.value, _NAME.value)):
-    raise app.UsageError(f'--records={_RECORDS.value}: no folder {_NAME.value}/ with the '
-                         'hospital\'s records in it')
   try:
-    tls = TlsFiles.of(_CERTS.value, _NAME.value) if _CERTS.value else None
-  except FileNotFoundError as e:
-    raise app.UsageError(f'--certs: {e}') from None
+    tls = _prepare_or_check()
+  except ValueError as e:
+    sys.exit(f'error: {e}')
   with HospitalNode(_RECORDS.value, _PORT.value, tls, _HOST.value):
     print(f'hospital {_NAME.value} serving on port {_PORT.value}'
           f'{" with mutual TLS" if tls else " (insecure, localhost)"}', flush=True)

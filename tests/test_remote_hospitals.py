@@ -271,10 +271,25 @@ def test_the_coordinator_binary_accounts_record_dp_with_the_nodes_sizes(study, d
     (['--hospitals=a=localhost', '--insecure_localhost'], "'a=localhost' is not a new NAME=HOST:PORT"),
 ])
 def test_coordinator_flag_errors_are_one_line(flags, message):
-  run = subprocess.run([sys.executable, '-m', 'experiments.train', *flags],
+  _assert_one_line_error('train', flags, message)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--split=flamby'], '--split applies to --prepare_from: it would be ignored'),
+    (['--prepare_from=x', '--dataset=breastmnist', '--scaling=zscore'],
+     '--scaling does not apply to --dataset=breastmnist'),
+    (['--prepare_from=/nonexistent'], "hospital 'va', file /nonexistent/processed.va.data: file not found"),
+])
+def test_node_flag_errors_are_one_line(flags, message, tmp_path):
+  _assert_one_line_error('hospital', ['--name=va', f'--records={tmp_path}', '--port=1',
+                                      '--insecure_localhost', *flags], message)
+
+
+def _assert_one_line_error(binary, flags, message):
+  run = subprocess.run([sys.executable, '-m', f'experiments.{binary}', *flags],
                        capture_output=True, text=True, env=_ENV, timeout=120)
-  assert run.returncode != 0 and message in run.stderr, run.stderr
-  assert 'Traceback' not in run.stderr
+  lines = run.stderr.strip().splitlines()
+  assert run.returncode != 0 and len(lines) == 1 and message in lines[0], run.stderr
 
 
 def test_a_lost_node_stops_the_run_until_it_is_back_or_with_min_clients_drops_out(
