@@ -330,3 +330,47 @@ def test_a_lost_node_stops_the_run_until_it_is_back_or_with_min_clients_drops_ou
   rows = (tmp_path / 'dropout' / 'metrics.csv').read_text().splitlines()
   header = rows[0].split(',')
   assert [r.split(',')[header.index('reporting')] for r in rows[1:]] == ['3', '2']
+
+
+def test_a_node_lost_mid_round_aborts_it_and_record_dp_still_charges_every_hospital_asked(
+    study, connect, data_dir):
+  for hospital, node in study.nodes.items():  # The test before stops one.
+    if node.poll() is not None:
+      study.start(hospital)
+  config = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1), rounds=3, batch_size=8,
+                       eval_every=3, seed=3, min_clients=2,
+                       privacy=PrivacyConfig(level='record', noise_multiplier=1.0,
+                                             l2_norm_clip=1.0))
+  connections = _connections(connect, study)
+  data = remote_plan.node_data(connections)
+  plan = build_plan(data, _model_fn(data), config, log=lambda _: None,
+                    connections=connections)
+  nodes = plan.inner  # RemoteHospitals, under RecordLevelDp.
+  asked = []
+
+  def unreachable(cohort):  # va's node answers round 2's probe, then goes.
+    down = type(nodes).unreachable(nodes, cohort)
+    asked.append(down)
+    if len(asked) == 2:
+      runtime.stop_processes([study.nodes['va']])
+    return down
+  nodes.unreachable = unreachable
+  lines = []
+  summary = training.run(data, _model_fn(data), config, plan=plan, log=lines.append)
+  assert asked == [set(), set(), {'va'}]
+  assert summary['skipped_rounds'] == 1 and summary['dropouts'] == 1
+  assert any("aborted: round 2: hospital va's node stopped answering" in l for l in lines)
+  # Round 2 released nothing, but cleveland's and hungarian's updates (and va's) may
+  # have reached the coordinator: charged. So: va 2 rounds, the others 3.
+  expected = build_plan(_reference(data_dir),
+                        _model_fn(data), config, log=lambda _: None).dp
+  for number, cohort in ((1, _HOSPITALS), (2, _HOSPITALS), (3, ('cleveland', 'hungarian'))):
+    expected.record_round(cohort, number)
+  assert plan.ledger()['epsilon'] == expected.ledger()['epsilon']
+  uncharged = build_plan(_reference(data_dir),
+                         _model_fn(data), config, log=lambda _: None).dp
+  for number, cohort in ((1, _HOSPITALS), (3, ('cleveland', 'hungarian'))):
+    uncharged.record_round(cohort, number)
+  for h in _HOSPITALS:  # The aborted round counts for every hospital.
+    assert (plan.ledger()['epsilon']['everyone'][h] >
+            uncharged.ledger()['epsilon']['everyone'][h] + 0.1)

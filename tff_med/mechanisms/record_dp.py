@@ -60,8 +60,9 @@ class RecordLevelDp(DpPlan):
 
   def account(self, round_: Round, result: RoundResult) -> None:
     """Charges every hospital whose update was released (not those that dropped
-    out, nor any in a skipped or aborted round)."""
-    self.dp.record_round(round_.reporting if result.applied else [], round_.number,
+    out, nor any in a skipped round; in an aborted one, those whose update may
+    have reached the server: `result.released`)."""
+    self.dp.record_round(round_.reporting if result.applied else result.released, round_.number,
                          result.state, noisy_steps=result.metrics.get('noisy_steps'),
                          trained=result.trained)
     self.inner.account(round_, result)

@@ -41,12 +41,15 @@ class RoundResult:
   `releasable`; `applied`: False when the model did not change (skipped or
   aborted round: nothing of the hospitals' updates was released); `trained`:
   the hospitals that trained (the reporting ones, or the whole cohort where
-  hospitals drop out after training, as under masking); `note`: a line for
-  the progress log (e.g. why a round aborted)."""
+  hospitals drop out after training, as under masking); `released`: in a
+  round not applied, the hospitals whose updates may still have reached the
+  server (a round on hospital nodes that failed part-way), which record-level
+  DP charges; `note`: a line for the progress log (e.g. why a round aborted)."""
   state: Any
   metrics: dict
   applied: bool = True
   trained: tuple[str, ...] = ()
+  released: tuple[str, ...] = ()
   note: str = ''
 
 

@@ -71,10 +71,16 @@ class Connection:
   channel counting its traffic (`counted`, for TFF's stubs), and the tunnel it
   runs in (None for --insecure_localhost)."""
 
-  def __init__(self, grpc_channel: grpc.Channel, tunnel: Stunnel | None):
-    self.channel, self.tunnel = grpc_channel, tunnel
+  def __init__(self, target: str, tunnel: Stunnel | None):
+    self._target, self.tunnel = target, tunnel
     self._traffic = _Traffic()
-    self.counted = grpc.intercept_channel(grpc_channel, self._traffic)
+    self.reopen()
+
+  def reopen(self) -> None:
+    """A new channel to the same node (the tunnel stays): after `channel.close()`
+    ended a call to a node that went away, so that it can rejoin."""
+    self.channel = grpc.insecure_channel(self._target, _OPTIONS)
+    self.counted = grpc.intercept_channel(self.channel, self._traffic)
 
   def traffic(self) -> tuple[int, int]:
     """(bytes sent to the node, bytes received from it) so far."""
@@ -95,7 +101,7 @@ def connect(hospital: str, address: str, tls: TlsFiles | None) -> Connection:
   # The coordinator's end: the node must hold the certificate issued to `hospital`.
   tunnel = (Stunnel(hospital, target, address, tls, hospital, client=True) if tls
             else None)
-  result = Connection(grpc.insecure_channel(target, _OPTIONS), tunnel)
+  result = Connection(target, tunnel)
   try:
     grpc.channel_ready_future(result.channel).result(timeout=_CONNECT_SECONDS)
   except grpc.FutureTimeoutError:

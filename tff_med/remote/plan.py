@@ -101,9 +101,11 @@ class RemoteHospitals(PlanWrapper):
 
   Failures: a cohort member whose node does not answer when the round starts
   is a dropout where `min_clients` is set (the loop skips the round if too few
-  are left), and stops the run with NodeUnreachable naming it where it is not;
-  a node that stops answering during a round stops the run naming it. The
-  saved state resumes once the node is back.
+  are left), and stops the run with NodeUnreachable naming it where it is not.
+  A node that stops answering during a round aborts the round (model
+  unchanged; `released`: every hospital asked, whose updates may have reached
+  the coordinator); the next round then finds it down. The saved state resumes
+  once the node is back.
 
   metrics['network']: the mean bytes of TFF's gRPC messages (serialised, before
   TLS) from and to a reporting hospital in the round."""
@@ -119,8 +121,9 @@ class RemoteHospitals(PlanWrapper):
                                           one_batch=config.privacy.level == 'record')
     super().__init__(inner.with_client_data(dataset, records.handle))
     self._connections = connections
-    self._contexts = {h: hospital_context(c.counted) for h, c in connections.items()}
-    self._node_contexts = {h: node_context(c.counted) for h, c in connections.items()}
+    self._contexts, self._node_contexts = {}, {}
+    for hospital in connections:
+      self._reconnect(hospital, reopen=False)
     self._coordinator = coordinator_context(config.max_concurrent_computation_calls)
     self._evaluate = records.evaluation_computation(
         inner.task.model_fn, inner.process.get_model_weights.type_signature.result,
@@ -144,8 +147,14 @@ class RemoteHospitals(PlanWrapper):
     if not round_.reporting:
       return self.inner.run_round(state, round_)
     before = {h: self._connections[h].traffic() for h in round_.reporting}
-    result = self._watched(round_.reporting, f'round {round_.number}',
-                           self._run_in_cohort, state, round_)
+    try:
+      result = self._watched(round_.reporting, f'round {round_.number}',
+                             self._run_in_cohort, state, round_)
+    except NodeUnreachable as e:
+      # Aborted: the model is unchanged, but the others' updates may have reached
+      # the coordinator, so record-level DP charges every hospital asked.
+      return dataclasses.replace(self.inner.skip_round(state, round_),
+                                 released=round_.reporting, note=f'aborted: {e}')
     moved = np.array([np.subtract(self._connections[h].traffic(), before[h])
                       for h in round_.reporting], float)
     return dataclasses.replace(result, metrics={
@@ -163,8 +172,14 @@ class RemoteHospitals(PlanWrapper):
     down = self._down(data.hospitals, 'its test metrics cannot be computed')
     per_hospital = {}
     for hospital in data.hospitals:
-      metrics = ({'accuracy': np.nan, 'auc': np.nan} if hospital in down else
-                 self._watched([hospital], 'evaluation', self._evaluate_on, weights, hospital))
+      metrics = {'accuracy': np.nan, 'auc': np.nan}
+      if hospital not in down:
+        try:
+          metrics = self._watched([hospital], 'evaluation', self._evaluate_on, weights,
+                                  hospital)
+        except NodeUnreachable:
+          if not self.inner.task.config.min_clients:
+            raise
       per_hospital[hospital] = {'accuracy': float(metrics['accuracy']),
                                 'auc': float(metrics['auc']),
                                 'num_test': data.num_test(hospital)}
@@ -177,6 +192,14 @@ class RemoteHospitals(PlanWrapper):
   def _evaluate_on(self, weights, hospital: str):
     with tff.framework.get_context_stack().install(self._node_contexts[hospital]):
       return self._evaluate(weights, hospital)
+
+  def _reconnect(self, hospital: str, reopen: bool = True) -> None:
+    """(Re)builds `hospital`'s TFF contexts, on a new channel if `reopen`."""
+    connection = self._connections[hospital]
+    if reopen:
+      connection.reopen()
+    self._contexts[hospital] = hospital_context(connection.counted)
+    self._node_contexts[hospital] = node_context(connection.counted)
 
   def _run_in_cohort(self, state, round_: Round):
     # The context stack is per thread: install the cohort's context in this one.
@@ -200,7 +223,7 @@ class RemoteHospitals(PlanWrapper):
             for hospital in down:
               self._connections[hospital].channel.close()
             concurrent.futures.wait([future])
-            raise NodeUnreachable(
-                f'{what}: hospital {", ".join(sorted(down))}\'s node stopped answering; the '
-                'run stops here and resumes from its last saved round once the node is '
-                'back') from future.exception()
+            for hospital in down:  # Fresh channels: the node may come back.
+              self._reconnect(hospital)
+            raise NodeUnreachable(f'{what}: hospital {", ".join(sorted(down))}\'s node '
+                                  'stopped answering') from future.exception()
