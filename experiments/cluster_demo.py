@@ -88,7 +88,7 @@ def main(argv):
     print('coordinator:', ' '.join(coordinator[1:]), flush=True)
     status = subprocess.run(coordinator, check=False).returncode
   finally:
-    runtime.stop_processes([node for node, _ in nodes.values()])
+    runtime.stop_owned([node for node, _ in nodes.values()])
   print(f'stopped {len(nodes)} nodes', flush=True)
   sys.exit(status)
 

@@ -212,6 +212,16 @@ def start_owned(args, **popen_kwargs) -> subprocess.Popen:
   return process
 
 
+def stop_owned(processes) -> None:
+  """Stops `start_owned` processes (`stop_processes`), reaps them and forgets
+  them (they are ours, not TFF's: no one else waits for them)."""
+  stop_processes(processes)
+  for process in processes:
+    process.wait()
+  with _LOCK:
+    _OWNED[:] = [p for p in _OWNED if p not in processes]
+
+
 def _stop_owned() -> None:
   with _LOCK:
     owned = list(_OWNED)

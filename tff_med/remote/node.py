@@ -57,7 +57,7 @@ class HospitalNode:
       self._proxy.close()
       self._proxy = None
     if self._worker:
-      runtime.stop_processes([self._worker])
+      runtime.stop_owned([self._worker])
       self._worker = None
 
   def __enter__(self) -> 'HospitalNode':

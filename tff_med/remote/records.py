@@ -88,6 +88,11 @@ def handle(hospital: str, round_num: int) -> str:
   return f'{hospital}/{round_num}'
 
 
+def _file(hospital, split: str) -> tf.data.Dataset:
+  """`hospital`'s `split` file, records unparsed (counting them parses nothing)."""
+  return tf.data.TFRecordDataset(tf.strings.join([hospital, '/', SPLITS[split]]))
+
+
 def _records(hospital, split: str, feature_shape) -> tf.data.Dataset:
   """`hospital`'s `split` records (inside a worker: a path relative to its
   folder), elements OrderedDict(x=float32[feature_shape], y=float32[1])."""
@@ -98,7 +103,7 @@ def _records(hospital, split: str, feature_shape) -> tf.data.Dataset:
     example = tf.io.parse_single_example(record, features)
     return collections.OrderedDict(x=example['x'], y=tf.cast(example['y'], tf.float32))
 
-  return tf.data.TFRecordDataset(tf.strings.join([hospital, '/', SPLITS[split]])).map(parse)
+  return _file(hospital, split).map(parse)
 
 
 def _count(dataset: tf.data.Dataset) -> tf.Tensor:
@@ -117,7 +122,7 @@ def dataset_computation(feature_shape, batch_size: int, local_epochs: int, seed:
   def hospital_dataset(handle_):
     parts = tf.strings.split(handle_, '/')
     records = _records(parts[0], 'train', feature_shape)
-    count = _count(records)
+    count = _count(_file(parts[0], 'train'))
     if one_batch:
       return records.batch(count)
     round_num = tf.strings.to_number(parts[1], tf.int64)
@@ -152,7 +157,7 @@ def evaluation_computation(model_fn, weights_type, feature_shape):
         [*model.trainable_variables, *model.non_trainable_variables],
         [*weights.trainable, *weights.non_trainable])]
     records = _records(hospital, 'test', feature_shape)
-    test = records.batch(_count(records)).get_single_element()
+    test = records.batch(_count(_file(hospital, 'test'))).get_single_element()
     with tf.control_dependencies(assigned):  # A graph: predict after the weights are set.
       logits = tf.cast(tf.reshape(model.predict_on_batch(test['x'], training=False), [-1]),
                        tf.float64)

@@ -56,5 +56,5 @@ class Stunnel:
       raise
 
   def close(self) -> None:
-    runtime.stop_processes([self.process])
+    runtime.stop_owned([self.process])
     shutil.rmtree(self._dir, ignore_errors=True)
