@@ -450,7 +450,8 @@ def test_a_finished_folder_is_never_shared_by_two_runs(finished_run, tmp_path):
   # --noresume on a finished run: refused, one line, nothing written.
   result = _binary('train', *RUN, f'--output_dir={finished_run}', '--noresume')
   assert result.returncode != 0
-  assert result.stderr.startswith('error: ') and 'holds the state of a run at round 2' in (
+  assert result.stderr.startswith('error: ') and (
+      'holds the saved state of a run (program state version 2)') in (
       result.stderr) and '--overwrite' in result.stderr, result.stderr[-2000:]
   # Its outputs without the program state: refused, then --overwrite starts again
   # with a single event file.

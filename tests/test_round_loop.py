@@ -231,7 +231,8 @@ def test_resume_refuses_a_different_config_naming_the_fields(tmp_path):
   with pytest.raises(ValueError, match=r'differing fields: eval_every \(saved 2, now 3\); '
                                        r'rounds \(saved 2, now 3\)'):
     training.run(data, _keras, _config(rounds=3), str(tmp_path), log=_quiet)
-  with pytest.raises(ValueError, match='holds the state of a run at round 2'):
+  with pytest.raises(ValueError,
+                     match=r'holds the saved state of a run \(program state version 2\)'):
     training.run(data, _keras, _config(rounds=2), str(tmp_path), log=_quiet, resume=False)
   again = training.run(data, _keras, _config(rounds=3), str(tmp_path), log=_quiet,
                        overwrite=True)

@@ -138,26 +138,26 @@ class RunState:
                       if entry['event'] in SESSION_EVENTS}
     identity = json.loads(json.dumps(json_safe(identity)))
     versions = asyncio.run(self._manager.get_versions()) or []
-    self.saved_round = max(versions) if versions else 0
-    if self.saved_round and not resume:
-      raise FolderError(f'{output_dir} holds the state of a run at round {self.saved_round}: '
-                       'resume it (resume=True), start again (overwrite=True) or choose '
-                       'another output_dir')
-    if logged_version > self.saved_round:  # State is saved before anything is released.
+    self.saved_version = max(versions) if versions else 0
+    if self.saved_version and not resume:
+      raise FolderError(f'{output_dir} holds the saved state of a run (program state version '
+                       f'{self.saved_version}): resume it (resume=True), start again '
+                       '(overwrite=True) or choose another output_dir')
+    if logged_version > self.saved_version:  # State is saved before anything is released.
       raise FolderError(
           f'{output_dir}: {AUDIT_FILE} records releases after program state version '
           f'{logged_version}, but program_state/ holds '
-          f'{f"version {self.saved_round}" if self.saved_round else "no state"} (deleted?): '
+          f'{f"version {self.saved_version}" if self.saved_version else "no state"} (deleted?): '
           'continuing would train or fine-tune again with fresh noise what was released, and '
           'a ledger that forgot it would charge it once. Start again (overwrite=True) or '
           'choose another output_dir')
-    leftovers = [] if self.saved_round else _earlier_outputs(output_dir)
+    leftovers = [] if self.saved_version else _earlier_outputs(output_dir)
     if leftovers:  # A fresh run would add its event files and rows to theirs.
       raise FolderError(
           f'{output_dir} holds outputs of an earlier run ({", ".join(leftovers)}) but no '
           'program state to resume it from: start again (overwrite=True), which deletes '
           'them, or choose another output_dir')
-    if self.saved_round:
+    if self.saved_version:
       with open(identity_path) as f:
         differences = _differences(json.load(f), identity)
       if differences:
@@ -193,20 +193,17 @@ class RunState:
   def load(self, initial_state) -> tuple[object, dict]:
     """(process state, extras) of the last saved round."""
     state, _, extras = asyncio.run(self._manager.load(
-        self.saved_round, [initial_state, 0, '']))
+        self.saved_version, [initial_state, 0, '']))
     return state, json.loads(extras if isinstance(extras, str) else extras.decode())
 
-  def save(self, round_num: int, state, extras: dict) -> None:
-    """Saves the state after `round_num`; `extras` may hold NaN and numpy scalars."""
+  def save(self, state, extras: dict) -> None:
+    """Saves `state` as the next program-state version (the round it follows is
+    in `extras`: a save before a round, or after training, keeps the last round
+    trained); `extras` may hold NaN and numpy scalars."""
+    version = self.saved_version + 1
     document = json.dumps(extras, default=lambda value: value.item())
-    asyncio.run(self._manager.save([state, round_num, document], round_num))
-    self.saved_round = round_num
-
-  def save_after(self, state, extras: dict) -> None:
-    """Saves the state again after the last round, as the next version (the round
-    in `extras` stays the last one trained): what a step after training, such as
-    personalisation, must record before it releases anything."""
-    self.save(self.saved_round + 1, state, extras)
+    asyncio.run(self._manager.save([state, version, document], version))
+    self.saved_version = version
 
   def audited_rounds(self) -> set[int]:
     """Rounds the audit log already holds."""
@@ -220,7 +217,7 @@ class RunState:
     """Appends an entry to the audit log, with `state_version`: the program
     state it follows (a folder whose state is older is refused); returns its
     head (`AuditLog.append`)."""
-    head = self._log.append(event, state_version=self.saved_round, **payload)
+    head = self._log.append(event, state_version=self.saved_version, **payload)
     if event == 'round':
       self._audited.add(payload['round'])
     elif event in SESSION_EVENTS:

@@ -270,13 +270,14 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
-        state = _one_round(plan, config, data, state, rng, loop, progress, audited=bool(saved))
+        state = _one_round(plan, config, data, state, rng, loop, progress, audited=bool(saved),
+                           save_ahead=saved and (lambda s: saved.save(s, loop.extras(plan))))
         if loop.stopped:  # Nothing ran; a resumed run stops at the same check.
           break
         loop.rng_state = rng.bit_generator.state
         loop.seconds = earlier_seconds + progress.elapsed()
         if saved:
-          saved.save(loop.round_num, state, loop.extras(plan))
+          saved.save(state, loop.extras(plan))
         if not plan.hides_cohort:
           _release(outputs, saved, loop.pending, log)
     except KeyboardInterrupt:
@@ -305,7 +306,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       def checkpoint(record: dict, event: str) -> None:
         loop.personalized = record
         if saved:
-          saved.save_after(state, loop.extras(plan))
+          saved.save(state, loop.extras(plan))
           now = plan.ledger()
           saved.audit(event, session=loop.sessions, **_dp_entry(ledger[0], now))
           ledger[0] = now
@@ -328,7 +329,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
 
 def _restore(plan, saved: RunState | None, initial_state, loop: '_Loop', rng, log):
   """(state, loop) from the last saved round, or (`initial_state`, `loop`)."""
-  if not saved or not saved.saved_round:
+  if not saved or not saved.saved_version:
     return initial_state, loop
   state, extras = saved.load(initial_state)
   plan.restore(extras.pop('plan'))
@@ -339,9 +340,11 @@ def _restore(plan, saved: RunState | None, initial_state, loop: '_Loop', rng, lo
 
 
 def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress,
-               audited: bool):
+               audited: bool, save_ahead: Callable[[object], None] | None):
   """Runs round loop.round_num + 1 (or records why the run stops before it);
-  returns the state after it. `audited`: whether its audit entry is written."""
+  returns the state after it. `audited`: whether its audit entry is written;
+  `save_ahead(state)`: saves the state before the round, with what the plan
+  charged ahead of it (`RoundPlan.charge_ahead`)."""
   round_num = loop.round_num + 1
   round_start = time.monotonic()
   cohort = plan.cohort(list(data.hospitals), rng)
@@ -354,14 +357,16 @@ def _one_round(plan, config, data, state, rng, loop: _Loop, progress: _Progress,
                     'reason': reason}
     progress.log(f'privacy budget: {reason}')
     return state
+  ledger = plan.ledger() if audited else None  # The round's own charge is the change.
   if len(round_.reporting) < config.min_clients:
     result = plan.skip_round(state, round_)
     result = dataclasses.replace(result, note=f'skipped: {len(round_.reporting)} of '
                                  f'{len(cohort)} hospitals reported, min_clients='
                                  f'{config.min_clients}')
   else:
+    if plan.charge_ahead(round_) and save_ahead:
+      save_ahead(state)  # Write-ahead: the charge is saved before anything leaves.
     result = plan.run_round(state, round_)
-  ledger = plan.ledger() if audited else None
   plan.account(round_, result)
   metrics = {'clients_in_round': len(cohort), 'reporting': len(round_.reporting),
              'applied': int(result.applied), **result.metrics,

@@ -58,11 +58,24 @@ class RecordLevelDp(DpPlan):
     plan = self.inner if self.dp.is_noised(round_.number) else self._unnoised
     return plan.run_round(state, round_)
 
+  def charge_ahead(self, round_: Round) -> bool:
+    """Where updates leave this process mid-round (hospital nodes), charges the
+    reporting hospitals before the round runs (the loop saves it first), so
+    that a round cut short, or rerun after the coordinator was killed, is never
+    under-charged; `account` then charges nothing more for it."""
+    if not self.inner.releases_mid_round:
+      return self.inner.charge_ahead(round_)
+    self.dp.record_round(round_.reporting, round_.number)
+    self._charged_ahead = round_.number
+    return True
+
   def account(self, round_: Round, result: RoundResult) -> None:
     """Charges every hospital whose update was released (not those that dropped
     out, nor any in a skipped round; in an aborted one, those whose update may
-    have reached the server: `result.released`)."""
-    self.dp.record_round(round_.reporting if result.applied else result.released, round_.number,
-                         result.state, noisy_steps=result.metrics.get('noisy_steps'),
-                         trained=result.trained)
+    have reached the server: `result.released`), unless `charge_ahead` did."""
+    if getattr(self, '_charged_ahead', None) != round_.number:
+      self.dp.record_round(round_.reporting if result.applied else result.released,
+                           round_.number, result.state,
+                           noisy_steps=result.metrics.get('noisy_steps'),
+                           trained=result.trained)
     self.inner.account(round_, result)

@@ -106,6 +106,19 @@ class RoundPlan(abc.ABC):
     del round_
     return RoundResult(state, {}, applied=False)
 
+  def charge_ahead(self, round_: Round) -> bool:
+    """Charges, before it runs, what `round_` may release whatever happens to it
+    (updates that leave the process mid-round); True if it charged anything,
+    which the loop then saves before running the round. Nothing here."""
+    del round_
+    return False
+
+  @property
+  def releases_mid_round(self) -> bool:
+    """True where updates leave this process while the round runs (hospital
+    nodes): a round cut short may already have released them."""
+    return False
+
   def account(self, round_: Round, result: RoundResult) -> None:
     """Records what the round released (DP events); nothing without DP."""
     del round_, result
@@ -188,6 +201,13 @@ class PlanWrapper(RoundPlan):
 
   def skip_round(self, state, round_):
     return self.inner.skip_round(state, round_)
+
+  def charge_ahead(self, round_):
+    return self.inner.charge_ahead(round_)
+
+  @property
+  def releases_mid_round(self):
+    return self.inner.releases_mid_round
 
   def account(self, round_, result):
     self.inner.account(round_, result)

@@ -129,6 +129,10 @@ class RemoteHospitals(PlanWrapper):
         inner.task.model_fn, inner.process.get_model_weights.type_signature.result,
         data.feature_shape)
 
+  @property
+  def releases_mid_round(self) -> bool:
+    return True
+
   def unreachable(self, cohort):
     return self._down(cohort, 'the run stops here (with min_clients set, such a hospital '
                       'drops out of the round instead)') | self.inner.unreachable(cohort)
