@@ -70,7 +70,7 @@ _SYNTHETIC_ROUNDS = flags.DEFINE_integer('synthetic_rounds', 6, 'Rounds of the s
 _SCALE = flags.DEFINE_list('scale', ['10', '100', '300', '1000'], 'Synthetic hospitals of '
                            'the scale rows (tff_med only); the size --synthetic_hospitals '
                            'reuses the table\'s measurements.')
-_SCALE_ROUNDS = flags.DEFINE_list('scale_rounds', ['6', '6', '4', '3'], 'Rounds per scale '
+_SCALE_ROUNDS = flags.DEFINE_list('scale_rounds', ['6', '6', '3', '3'], 'Rounds per scale '
                                   'size (one per --scale; the last repeats).')
 _SCALE_REPEATS = flags.DEFINE_list('scale_repeats', ['3', '3', '3', '1'], 'Measurements per '
                                    'scale size (one per --scale; the last repeats; at most '
@@ -445,7 +445,7 @@ class Settings:
   heart_rounds: int | None = None
   synthetic_hospitals: int = 100
   synthetic_rounds: int = 6
-  scale: tuple = ((10, 6, 3), (100, 6, 3), (300, 4, 3), (1000, 3, 1))  # (hospitals, rounds, repeats)
+  scale: tuple = ((10, 6, 3), (100, 6, 3), (300, 3, 3), (1000, 3, 1))  # (hospitals, rounds, repeats)
   max_rss_gb: float = 16.0
   compare_seeds: int = 5
   cell_timeout: float | None = 1200.0

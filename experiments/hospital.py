@@ -28,7 +28,7 @@ from absl import flags
 from tff_med.data import DATASETS, DataConfig, DataError, heart_disease, medmnist
 from tff_med.data.preprocess import SCALINGS
 from tff_med.remote import records
-from tff_med.remote.certs import TlsFiles
+from tff_med.remote.certs import TlsFiles, check_hospital_name
 from tff_med.remote.node import HospitalNode
 
 _NAME = flags.DEFINE_string('name', None, 'The hospital this node serves.', required=True)
@@ -56,6 +56,7 @@ _INSECURE = flags.DEFINE_bool('insecure_localhost', False, 'Serve the worker wit
 def _prepare_or_check() -> TlsFiles | None:
   """Prepares the records (--prepare_from) and returns the node's TLS files;
   ValueError naming the flag at fault."""
+  check_hospital_name(_NAME.value)
   if _INSECURE.value == bool(_CERTS.value):
     raise ValueError('give --certs (mutual TLS) or --insecure_localhost, not both or neither')
   if _INSECURE.value and flags.FLAGS['host'].present:
@@ -94,12 +95,25 @@ def main(argv):
     tls = _prepare_or_check()
   except ValueError as e:
     sys.exit(f'error: {e}')
-  with HospitalNode(_RECORDS.value, _PORT.value, tls, _HOST.value):
+  try:
+    node = HospitalNode(_RECORDS.value, _PORT.value, tls, _HOST.value).start()
+  except (OSError, RuntimeError) as e:
+    sys.exit(f'error: --port={_PORT.value}: {e}')
+  try:
     print(f'hospital {_NAME.value} serving on port {_PORT.value}'
           f'{" with mutual TLS" if tls else " (insecure, localhost)"}', flush=True)
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    signal.pause()  # Until SIGINT or SIGTERM (`_exit`).
+  finally:
+    node.stop()
 
+
+def _exit(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)
 
 if __name__ == '__main__':
-  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+  # Handlers, not a blocked mask for sigwait: the worker and stunnel would inherit
+  # the mask and wait out their stop's grace period.
+  signal.signal(signal.SIGINT, _exit)
+  signal.signal(signal.SIGTERM, _exit)
   app.run(main)

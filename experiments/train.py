@@ -82,8 +82,13 @@ def _connect():
   addresses = {}
   for item in _HOSPITALS.value:
     name, _, address = item.partition('=')
-    if not name or address.count(':') != 1 or name in addresses:
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit() or name in addresses:
       raise ValueError(f'--hospitals: {item!r} is not a new NAME=HOST:PORT')
+    try:
+      certs.check_hospital_name(name)
+    except ValueError as e:
+      raise ValueError(f'--hospitals: {e}') from None
     addresses[name] = address
   tls = certs.TlsFiles.of(_CERTS.value, certs.COORDINATOR) if _CERTS.value else None
   connections = {}

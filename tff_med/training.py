@@ -270,6 +270,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
+        loop.rng_state = rng.bit_generator.state  # What a save ahead of the round resumes.
         state = _one_round(plan, config, data, state, rng, loop, progress, audited=bool(saved),
                            save_ahead=saved and (lambda s: saved.save(s, loop.extras(plan))))
         if loop.stopped:  # Nothing ran; a resumed run stops at the same check.

@@ -90,6 +90,14 @@ def _issue(folder, party, ca_key, ca_name, usage, hosts=()) -> None:
   _write(folder, party, key, builder.sign(ca_key, hashes.SHA256()))
 
 
+def check_hospital_name(hospital: str) -> None:
+  """ValueError unless `hospital` can name a hospital's certificate, files and
+  records folder: not empty, '.', '..', 'coordinator' or 'ca', no '/'."""
+  if hospital in ('', '.', '..', COORDINATOR, 'ca') or '/' in hospital:
+    raise ValueError(f'hospital name {hospital!r}: not "", ".", "..", "{COORDINATOR}" or '
+                     '"ca", and no "/"')
+
+
 def make_study_certs(folder: str, hospitals, hosts=('localhost', '127.0.0.1')) -> None:
   """Writes a new study CA and the coordinator's and each hospital's
   certificate into `folder` (created; refused if it holds a CA already).
@@ -98,8 +106,14 @@ def make_study_certs(folder: str, hospitals, hosts=('localhost', '127.0.0.1')) -
   if os.path.exists(os.path.join(folder, 'ca.pem')):
     raise FileExistsError(f'{folder} holds a study CA already: use it, or another folder')
   for hospital in hospitals:
-    if hospital in (COORDINATOR, 'ca') or not hospital or '/' in hospital:
-      raise ValueError(f'hospital name {hospital!r} cannot name a certificate')
+    check_hospital_name(hospital)
+  # Every hospital's certificate names every host: a host that is a party's name
+  # would let one hospital's node answer for that party.
+  clashes = sorted(set(hosts) & {*hospitals, COORDINATOR, 'ca'})
+  if clashes:
+    raise ValueError(f'hosts {", ".join(clashes)}: a host may not be a party\'s name (each '
+                     'hospital\'s certificate names every host, so it would answer for that '
+                     'party)')
   ca_key = ec.generate_private_key(ec.SECP256R1())
   ca_name = _name('tff_med study CA')
   ca = (_builder(ca_name, ca_name, ca_key)

@@ -13,6 +13,7 @@ the kernel if the node's process dies: `runtime.start_owned`).
 """
 
 import os
+import socket
 import subprocess
 
 import portpicker
@@ -41,15 +42,28 @@ class HospitalNode:
     self._proxy: Stunnel | None = None
 
   def start(self) -> 'HospitalNode':
+    """Starts the worker and its proxy; OSError if `port` is taken (else another
+    process's open port would pass for this node's), RuntimeError if either
+    process exits at start. Nothing is left running on an error."""
+    with socket.socket() as probe:  # Bind-and-release: the port must be ours to take.
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # As stunnel: TIME_WAIT is free.
+      try:
+        probe.bind((self.host, self.port))
+      except OSError as e:
+        raise OSError(f'port {self.port} on {self.host} is taken ({e.strerror})') from None
     worker_port = portpicker.pick_unused_port() if self.tls else self.port
-    self._worker = runtime.start_owned(
-        [WORKER_BINARY, f'--port={worker_port}',
-         f'--max_concurrent_computation_calls={self._max_calls}'],
-        cwd=self.records, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runtime.wait_for_port(worker_port, self._worker, 'worker_binary')
-    if self.tls:  # A hospital's certificate is no coordinator's: checkHost.
-      self._proxy = Stunnel('tff_worker', f'{self.host}:{self.port}',
-                            f'127.0.0.1:{worker_port}', self.tls, COORDINATOR, client=False)
+    try:
+      self._worker = runtime.start_owned(
+          [WORKER_BINARY, f'--port={worker_port}',
+           f'--max_concurrent_computation_calls={self._max_calls}'],
+          cwd=self.records, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      runtime.wait_for_port(worker_port, self._worker, 'worker_binary')
+      if self.tls:  # A hospital's certificate is no coordinator's: checkHost.
+        self._proxy = Stunnel('tff_worker', f'{self.host}:{self.port}',
+                              f'127.0.0.1:{worker_port}', self.tls, COORDINATOR, client=False)
+    except BaseException:
+      self.stop()
+      raise
     return self
 
   def stop(self) -> None:

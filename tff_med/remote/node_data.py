@@ -13,6 +13,37 @@ from tff_med.data.errors import DataError
 from tff_med.data.federated_data import FederatedData
 
 
+MAX_FEATURES = 10_000_000  # Values per record a manifest may declare.
+_FIELDS = {'dataset': str, 'hospital': str, 'feature_shape': list,
+           'feature_names': (list, type(None)), 'train_rows': int, 'test_rows': int, 'description': str, 'preprocessing': dict,
+           'random_split': bool, 'schema': dict, 'records_sha256': str}
+
+
+def check_manifest(hospital: str, manifest) -> None:
+  """DataError naming `hospital` and the field where its node's manifest is not
+  what `records.manifest` writes (a node is not trusted to be well-formed)."""
+  if not isinstance(manifest, dict):
+    raise DataError(f'hospital {hospital}: its manifest is not a JSON object')
+  for field, kind in _FIELDS.items():
+    value = manifest.get(field)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      raise DataError(f'hospital {hospital}: manifest field {field!r} is {value!r}')
+  shape = manifest['feature_shape']
+  if (not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                           for d in shape) or np.prod(shape, dtype=np.float64) > MAX_FEATURES):
+    raise DataError(f'hospital {hospital}: manifest feature_shape {shape} is not 1 to '
+                    f'{MAX_FEATURES:,} positive sizes')
+  for field in ('train_rows', 'test_rows'):
+    if manifest[field] < 1:
+      raise DataError(f'hospital {hospital}: manifest {field} {manifest[field]} is not positive')
+  try:
+    bytes.fromhex(manifest['records_sha256'])
+    schema_lib.FeatureSchema.from_json(manifest['schema'])
+  except (KeyError, TypeError, ValueError) as e:
+    raise DataError(f'hospital {hospital}: manifest records_sha256 or schema is malformed '
+                    f'({e!r})') from None
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeData(FederatedData):
   """Hospitals' sizes, shapes, preprocessing and schemas as their nodes declare
@@ -23,8 +54,11 @@ class NodeData(FederatedData):
 
   @classmethod
   def from_manifests(cls, manifests: Mapping[str, dict]) -> 'NodeData':
-    """DataError naming the hospital whose node serves another hospital, another
-    data set, or another feature shape than the first node."""
+    """DataError naming the hospital whose manifest is malformed (`check_manifest`)
+    or whose node serves another hospital, another data set, or another feature
+    shape or preprocessing than the first node."""
+    for hospital, m in manifests.items():
+      check_manifest(hospital, m)
     first = next(iter(manifests.values()))
     for hospital, m in manifests.items():
       if m['hospital'] != hospital:

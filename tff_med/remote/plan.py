@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 import grpc
 import numpy as np
 import tensorflow_federated as tff
+from tensorflow_federated.proto.v0 import executor_pb2, executor_pb2_grpc
 
 from tff_med.algorithms import BASELINES
+from tff_med.data.errors import DataError
 from tff_med.evaluation import mean_over_hospitals
 from tff_med.mechanisms.learning import LearningPlan
 from tff_med.mechanisms.round_plan import PlanWrapper, Round
@@ -35,8 +37,14 @@ def node_data(connections: Mapping[str, Connection]) -> NodeData:
   read = records.manifest_computation()
   manifests = {}
   for hospital, connection in connections.items():
-    with tff.framework.get_context_stack().install(node_context(connection.counted)):
-      manifests[hospital] = json.loads(read(hospital))
+    try:
+      with tff.framework.get_context_stack().install(node_context(connection.counted)):
+        manifests[hospital] = json.loads(read(hospital))
+    except grpc.RpcError as e:
+      raise DataError(f'hospital {hospital}: its node serves no manifest ({e.code().name}: '
+                      f'{e.details()})') from None
+    except ValueError as e:
+      raise DataError(f'hospital {hospital}: its manifest is not JSON ({e})') from None
   return NodeData.from_manifests(manifests)
 
 
@@ -82,15 +90,28 @@ def on_nodes(aggregation, connections: Mapping[str, Connection]):
 
 
 def _probe(channels: Mapping[str, grpc.Channel], hospitals: Sequence[str]) -> set[str]:
-  """The `hospitals` whose channel does not connect within _PROBE_SECONDS."""
-  futures = {h: grpc.channel_ready_future(channels[h]) for h in hospitals}
-  down = set()
-  for hospital, future in futures.items():
+  """The `hospitals` whose worker does not answer a call within _PROBE_SECONDS
+  (a connected channel is not enough: a hung worker or proxy keeps it open).
+  The call asks the worker for an executor without cardinalities, which a live
+  worker refuses at once (NOT_FOUND), creating nothing."""
+  calls = {}
+  for hospital in hospitals:
     try:
-      future.result(timeout=_PROBE_SECONDS)
-    except grpc.FutureTimeoutError:
-      future.cancel()
+      stub = executor_pb2_grpc.ExecutorGroupStub(channels[hospital])
+      calls[hospital] = stub.GetExecutor.future(executor_pb2.GetExecutorRequest(),
+                                                timeout=_PROBE_SECONDS)
+    except ValueError:  # The channel was closed.
+      calls[hospital] = None
+  down = set()
+  for hospital, call in calls.items():
+    if call is None:
       down.add(hospital)
+      continue
+    try:
+      call.result()
+    except grpc.RpcError as e:
+      if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+        down.add(hospital)
   return down
 
 

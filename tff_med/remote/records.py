@@ -27,6 +27,7 @@ import tensorflow_federated as tff
 from tff_med import data as data_lib
 from tff_med.data import DataConfig, DataError, heart_disease
 from tff_med.data.federated_data import FederatedData
+from tff_med.remote.certs import check_hospital_name
 
 SPLITS = {'train': 'train.tfrecord', 'test': 'test.tfrecord'}
 MANIFEST = 'manifest.json'
@@ -83,8 +84,7 @@ def manifest(data: FederatedData, hospital: str) -> dict:
 
 def handle(hospital: str, round_num: int) -> str:
   """What the coordinator sends a hospital for a round: 'HOSPITAL/ROUND'."""
-  if '/' in hospital or hospital in ('', '.', '..'):
-    raise ValueError(f'hospital name {hospital!r}: a node\'s name may not contain "/"')
+  check_hospital_name(hospital)
   return f'{hospital}/{round_num}'
 
 
@@ -148,7 +148,8 @@ def evaluation_computation(model_fn, weights_type, feature_shape):
   metrics, computed in its worker on all its test records at once:
   OrderedDict(accuracy, auc), as `tff_med.evaluation.binary_metrics` computes
   them (accuracy at logit 0; exact ROC-AUC, ties at their mean rank; NaN where
-  the test set holds one class or a logit is NaN). `model_fn`: the run's `tff.learning` model function."""
+  the test set holds one class or a logit is NaN). `model_fn`: the run's
+  `tff.learning` model function."""
 
   @tff.tensorflow.computation(weights_type, tf.string)
   def evaluate(weights, hospital):
