@@ -853,13 +853,34 @@ def markdown(results: dict) -> str:
   if results['compare']:
     lines += ['', '## experiments.compare', '',
               f'`{results["compare"]["command"]}`: {_fmt(results["compare"]["seconds"])} s '
-              '(one measurement).']
-  lines += ['', '## The issue\'s goals', '', '| goal | measured | met |', '|---|---|---|']
+              f'(one measurement, started {results["compare"]["started"]} at load average '
+              f'{results["compare"]["loadavg_before"][0]:.2f}).']
+  for other in results.get('other_runs', []):
+    lines += ['', f'## {other["title"]}', '', other['description']]
+    if other.get('table'):
+      lines += ['', '| workload | ' + ' | '.join(COLUMN_TITLES[c] for c in COLUMNS) + ' |',
+                '|---|' + '---|' * len(COLUMNS)]
+      for row in ROWS:
+        lines.append(f'| {titles[row]} | ' + ' | '.join(
+            _fmt_cell(row, other['table'][row].get(c)) for c in COLUMNS) + ' |')
+  lines += ['', '## The issue\'s goals (the figures of the run at the top)', '',
+            '| goal | measured | met |', '|---|---|---|']
   for goal in results['goals'].values():
     met = {True: 'yes', False: 'no', None: 'not measured'}[goal['met']]
     lines.append(f'| {goal["text"]} (goal {_fmt(goal["goal"])}) | {_fmt(goal["measured"])} | '
                  f'{met} |')
   return '\n'.join(lines) + '\n'
+
+
+def other_run(title: str, description: str, results: dict | None = None) -> dict:
+  """An entry of the JSON's `other_runs` (a second pass, a re-measured cell),
+  rendered after the scale table; `results` (another run's JSON) adds its table
+  and run record."""
+  entry = {'title': title, 'description': description}
+  if results:
+    entry.update(table=results['table'], run=results['run'], startup=results['startup'],
+                 agreement=results['agreement'])
+  return entry
 
 
 def write_outputs(results: dict, output: str) -> str:

@@ -180,6 +180,7 @@ def test_benchmark_writes_every_cell(tmp_path, data_dir):
                                 synthetic_rounds=2, scale=((3, 2, 1), (4, 2, 1)),
                                 compare_seeds=5, data_dir=data_dir)
   results = benchmark.run_benchmark(settings, _StandInCells(), log=lambda line: None)
+  results['other_runs'] = [benchmark.other_run('A second pass', 'Again.', results)]
   output = str(tmp_path / 'benchmark.json')
   text = benchmark.write_outputs(results, output)
   with open(output) as f:
@@ -212,5 +213,5 @@ def test_benchmark_writes_every_cell(tmp_path, data_dir):
   with open(str(tmp_path / 'benchmark.md')) as f:
     assert f.read() == text
   for title in ('whole process (s)', 'per round (ms)', 'MLP 20-64-32-1, per round (s)',
-                'Start-up', 'Scale', 'experiments.compare', 'goals'):
+                'Start-up', 'Scale', 'experiments.compare', 'goals', 'A second pass'):
     assert title in text
