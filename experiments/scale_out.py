@@ -2,7 +2,7 @@ r"""Seconds per FedAvg round for many simulated hospitals: in process (TFF's
 local C++ context fed tf.data datasets, as the simulation runs today) and over
 TFF's remote runtime spread across K local `worker_binary` processes.
 
-    python -m experiments.scale_out --hospitals=100,1000 --workers=1,2 --rounds=4
+    python -m experiments.scale_out --sizes=100,1000 --workers=1,2 --cell_rounds=4
 
 Each hospital holds 100 synthetic records of 20 features (seeded); the model is
 an MLP 20 -> 64 -> 32 -> 1 logit; FedAvg with client SGD at 0.1, batch 32, one
@@ -60,16 +60,16 @@ FEATURES, RECORDS, TEST_RECORDS = 20, 100, 20
 CONFIG = TrainConfig(AlgorithmConfig('fedavg', client_lr=0.1), batch_size=32, local_epochs=1,
                      seed=0)
 
-_HOSPITALS = flags.DEFINE_list('hospitals', ['100', '1000'], 'Numbers of simulated hospitals.')
+_HOSPITALS = flags.DEFINE_list('sizes', ['100', '1000'], 'Numbers of simulated hospitals.')
 _WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'Numbers K of local worker_binary '
                              'processes for the remote runtime (the in-process row is always run).')
-_ROUNDS = flags.DEFINE_integer('rounds', 4, 'Rounds per cell: 1 warm-up, then timed ones.')
+_ROUNDS = flags.DEFINE_integer('cell_rounds', 4, 'Rounds per cell: 1 warm-up, then timed ones.')
 _CELL_SECONDS = flags.DEFINE_float('cell_seconds', 300.0, 'Budget per cell (s): no timed round '
                                    'starts that would, at the last round\'s pace, end past it '
                                    '(at least one timed round).')
 _PASSES = flags.DEFINE_integer('passes', 1, 'Times the whole table is measured (a second pass '
                                'confirms the first on a noisy machine).')
-_OUTPUT = flags.DEFINE_string('output', 'docs/results/scale_out.json', 'JSON results; the '
+_OUTPUT = flags.DEFINE_string('results_json', 'docs/results/scale_out.json', 'JSON results; the '
                               'markdown table goes beside it (.md).')
 
 
@@ -326,16 +326,16 @@ def main(argv):
   try:
     hospitals, workers = ([int(v) for v in flag.value] for flag in (_HOSPITALS, _WORKERS))
   except ValueError as e:
-    raise app.UsageError(f'--hospitals and --workers take integers: {e}') from None
+    raise app.UsageError(f'--sizes and --workers take integers: {e}') from None
   if min(hospitals + workers) < 1 or _ROUNDS.value < 2 or _PASSES.value < 1:
-    raise app.UsageError('--hospitals and --workers must be >= 1, --rounds >= 2 (a warm-up and '
+    raise app.UsageError('--sizes and --workers must be >= 1, --cell_rounds >= 2 (a warm-up and '
                          'a timed round), --passes >= 1')
   result = {
       'title': 'Scale-out: seconds per FedAvg round, simulated hospitals over K local '
                'TFF workers',
       'command': 'python -m experiments.scale_out ' + ' '.join(
           f'--{name}={flags.FLAGS[name].serialize().split("=", 1)[1]}'
-          for name in ('hospitals', 'workers', 'rounds', 'cell_seconds', 'passes')),
+          for name in ('sizes', 'workers', 'cell_rounds', 'cell_seconds', 'passes')),
       'machine': _machine(),
       'workload': {'description': f'{RECORDS} records of {FEATURES} features per hospital, '
                                   'MLP 20-64-32-1, FedAvg, client SGD 0.1, batch '

@@ -145,11 +145,11 @@ def main(argv):
     if _AUDIT_KEY.value:
       audit_log.public_key(_AUDIT_KEY.value)
     connections = _connect()
-    inputs = (_node_inputs(connections) if connections else
-              experiment_flags.load_run_inputs())
+    node_inputs = _node_inputs(connections) if connections else None  # Sets --dataset.
     output_dir = _OUTPUT_DIR.value or os.path.join(
         'runs', FLAGS.dataset, FLAGS.algorithm, f'seed{FLAGS.seed}')
-    experiment_flags.check_output_dir(output_dir)
+    experiment_flags.check_output_dir(output_dir)  # Before reading any data here.
+    inputs = node_inputs or experiment_flags.load_run_inputs()
     data = inputs.data
     config = experiment_flags.train_config()
     plan = training.build_plan(data, inputs.keras_model_fn, config, log=print,
