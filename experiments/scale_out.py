@@ -14,7 +14,7 @@ worker's folder only, and sends each hospital's handle
 process. Per cell: round 1 is the warm-up (tracing, compilation, the workers'
 first calls), the medians are over the rounds after it: wall seconds, CPU
 seconds of this (coordinator) process and of the workers; and peak RSS (MiB)
-of each during the rounds. Writes --output (JSON, with each cell's time of day
+of each during the rounds. Writes --results_json (JSON, with each cell's time of day
 and load averages) and the markdown table beside it (.md). Every worker is
 stopped when its cell ends.
 """
