@@ -125,20 +125,10 @@ def study(tmp_path_factory, data_dir):
     node.stop()
 
 
-@pytest.fixture
-def connect(monkeypatch):
-  """context.connect with a 3 s connect limit; every connection closed at the end."""
-  opened = []
-  monkeypatch.setattr(context, '_CONNECT_SECONDS', 3.0)
+@pytest.fixture(autouse=True)
+def fast_probe(monkeypatch):
+  """Nodes are probed every second (a hung node is named sooner)."""
   monkeypatch.setattr(remote_plan, '_PROBE_SECONDS', 1.0)
-
-  def connect_(hospital, address, tls):
-    connection = context.connect(hospital, address, tls)
-    opened.append(connection)
-    return connection
-  yield connect_
-  for connection in opened:
-    connection.close()
 
 
 def _connections(connect, study_, **replaced):

@@ -105,23 +105,6 @@ def study(tmp_path_factory, data_dir):
       assert not os.path.exists(f'/proc/{pid}') or open(f'/proc/{pid}/stat').read().split()[2] == 'Z'
 
 
-@pytest.fixture
-def connect(monkeypatch):
-  """context.connect, closing every connection (and its tunnel) at the end."""
-  opened = []
-  monkeypatch.setattr(context, '_CONNECT_SECONDS', 5.0)
-
-  def connect_(hospital, address, tls):
-    connection = context.connect(hospital, address, tls)
-    opened.append(connection)
-    return connection
-  yield connect_
-  tunnels = [c.tunnel.process for c in opened if c.tunnel]
-  for connection in opened:
-    connection.close()
-  assert all(p.poll() is not None for p in tunnels)
-
-
 def _connections(connect, study_):
   tls = certs.TlsFiles.of(f'{study_.root}/certs', certs.COORDINATOR)
   return {h: connect(h, a, tls) for h, a in study_.addresses().items()}
