@@ -142,8 +142,9 @@ def test_three_nodes_over_mutual_tls_train_and_evaluate_as_in_process(study, con
     expected_plan = build_plan(reference, _model_fn(reference), _CONFIG)
     expected_state, _ = _train(expected_plan)
     expected_eval = expected_plan.evaluate(expected_state)
-  for e, g in zip(plan.get_model_weights(state).trainable,
-                  expected_plan.get_model_weights(expected_state).trainable):
+    pairs = list(zip(plan.get_model_weights(state).trainable,  # TFF computations: in the block.
+                     expected_plan.get_model_weights(expected_state).trainable))
+  for g, e in pairs:
     np.testing.assert_allclose(g, e, atol=1e-5)
   # Test metrics computed on the nodes equal scikit-learn's on the same model.
   for h in _HOSPITALS:
