@@ -84,7 +84,8 @@ def main(argv):
     coordinator = [
         sys.executable, '-m', 'experiments.train',
         '--hospitals=' + ','.join(f'{h}=localhost:{port}' for h, (_, port) in nodes.items()),
-        f'--certs={root}/{certs.COORDINATOR}/certs', f'--output_dir={root}/run', *(argv[1:] or _COORDINATOR_FLAGS)]
+        f'--certs={root}/{certs.COORDINATOR}/certs', f'--output_dir={root}/run',
+        *(argv[1:] or _COORDINATOR_FLAGS)]
     print('coordinator:', ' '.join(coordinator[1:]), flush=True)
     status = subprocess.run(coordinator, check=False).returncode
   finally:

@@ -102,7 +102,8 @@ def study(tmp_path_factory, data_dir):
   for hospital, pids in helpers.items():
     assert len(pids) == 2, (hospital, pids)  # worker_binary and stunnel
     for pid in pids:  # None is left once its node is stopped.
-      assert not os.path.exists(f'/proc/{pid}') or open(f'/proc/{pid}/stat').read().split()[2] == 'Z'
+      assert (not os.path.exists(f'/proc/{pid}')
+              or open(f'/proc/{pid}/stat').read().split()[2] == 'Z')
 
 
 def _connections(connect, study_):
@@ -160,8 +161,9 @@ def test_three_nodes_over_mutual_tls_train_and_evaluate_as_in_process(study, con
   # least the model's update.
   model_bytes = 4 * _model_fn(data)().count_params()
   for result in results:
-    print(f"bytes per hospital in round: from it {result.metrics['network']['bytes_from_hospital']:.0f}, "
-          f"to it {result.metrics['network']['bytes_to_hospital']:.0f}")
+    network = result.metrics['network']
+    print(f"bytes per hospital in round: from it {network['bytes_from_hospital']:.0f}, "
+          f"to it {network['bytes_to_hospital']:.0f}")
   # Every node got the same (the model, the computation, its handle) and sent the
   # same: no node ran the merge, which would have handed it the others' updates (TFF's
   # own mergeable context merges on whichever node finishes first).
@@ -180,8 +182,8 @@ def test_metrics_computed_in_the_worker_match_scikit_learn():
       (np.array([0.1, np.nan, 2.0]), np.array([0, 1, 1])),  # Diverged.
   ]
   for logits, labels in cases:
-    got = records._binary_metrics(tf.constant(logits, tf.float64),  # pylint: disable=protected-access
-                                  tf.constant(labels, tf.float64))
+    got = records._binary_metrics(  # pylint: disable=protected-access
+        tf.constant(logits, tf.float64), tf.constant(labels, tf.float64))
     expected = evaluation.binary_metrics(logits, labels)
     for metric in ('accuracy', 'auc'):
       np.testing.assert_allclose(float(got[metric]), expected[metric], rtol=1e-12,
@@ -252,7 +254,8 @@ def test_the_coordinator_binary_accounts_record_dp_with_the_nodes_sizes(study, d
     (['--certs=x'], '--certs applies to --hospitals'),
     (['--hospitals=a=localhost:1', '--insecure_localhost', '--data_dir=x'],
      '--data_dir is not used by this binary: with --hospitals each node prepares its own'),
-    (['--hospitals=a=localhost', '--insecure_localhost'], "'a=localhost' is not a new NAME=HOST:PORT"),
+    (['--hospitals=a=localhost', '--insecure_localhost'],
+     "'a=localhost' is not a new NAME=HOST:PORT"),
 ])
 def test_coordinator_flag_errors_are_one_line(flags, message):
   _assert_one_line_error('train', flags, message)
@@ -262,7 +265,8 @@ def test_coordinator_flag_errors_are_one_line(flags, message):
     (['--split=flamby'], '--split applies to --prepare_from: it would be ignored'),
     (['--prepare_from=x', '--dataset=breastmnist', '--scaling=zscore'],
      '--scaling does not apply to --dataset=breastmnist'),
-    (['--prepare_from=/nonexistent'], "hospital 'va', file /nonexistent/processed.va.data: file not found"),
+    (['--prepare_from=/nonexistent'],
+     "hospital 'va', file /nonexistent/processed.va.data: file not found"),
 ])
 def test_node_flag_errors_are_one_line(flags, message, tmp_path):
   _assert_one_line_error('hospital', ['--name=va', f'--records={tmp_path}', '--port=1',

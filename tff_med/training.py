@@ -268,17 +268,19 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
     if not plan.hides_cohort:
       _release(outputs, saved, loop.pending, log)  # What a cut run saved but never released.
     progress = _Progress(config.rounds, loop.round_num + 1, log, timed=not plan.hides_cohort)
+    # The next program-state version: the state and the loop's record as they are now.
+    save = (lambda state_: saved.save(state_, loop.extras(plan))) if saved else None
     try:
       while loop.round_num < config.rounds and not loop.stopped and not interrupts.requested:
         loop.rng_state = rng.bit_generator.state  # What a save ahead of the round resumes.
         state = _one_round(plan, config, data, state, rng, loop, progress, audited=bool(saved),
-                           save_ahead=saved and (lambda s: saved.save(s, loop.extras(plan))))
+                           save_ahead=save)
         if loop.stopped:  # Nothing ran; a resumed run stops at the same check.
           break
         loop.rng_state = rng.bit_generator.state
         loop.seconds = earlier_seconds + progress.elapsed()
         if saved:
-          saved.save(state, loop.extras(plan))
+          save(state)
         if not plan.hides_cohort:
           _release(outputs, saved, loop.pending, log)
     except KeyboardInterrupt:
@@ -307,7 +309,7 @@ def run(data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig,
       def checkpoint(record: dict, event: str) -> None:
         loop.personalized = record
         if saved:
-          saved.save(state, loop.extras(plan))
+          save(state)
           now = plan.ledger()
           saved.audit(event, session=loop.sessions, **_dp_entry(ledger[0], now))
           ledger[0] = now

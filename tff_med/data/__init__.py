@@ -114,7 +114,6 @@ def unread_fields(config: DataConfig) -> dict[str, str]:
   if config.dataset == 'heart_disease':
     unread['test_fraction'] = (f'applies to breast_cancer and csv, {dataset} (FLamby\'s '
                                'fixed 0.34)')
-
   elif config.dataset in medmnist.NAMES:
     unread['test_fraction'] = (f'applies to breast_cancer and csv, {dataset} (MedMNIST\'s '
                                'official test set)')

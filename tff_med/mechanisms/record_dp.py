@@ -37,6 +37,7 @@ class RecordLevelDp(DpPlan):
     noised = aggregation(task, self._client_work(True), self._dataset, aggregator)
     self._unnoised = (None if config.privacy.schedule == 'every_round' else
                       aggregation(task, self._client_work(False), self._dataset, aggregator))
+    self._charged_ahead = None  # The round `charge_ahead` charged, if any.
     super().__init__(noised, self.dp)
 
   def _client_work(self, noised: bool):
@@ -73,7 +74,7 @@ class RecordLevelDp(DpPlan):
     """Charges every hospital whose update was released (not those that dropped
     out, nor any in a skipped round; in an aborted one, those whose update may
     have reached the server: `result.released`), unless `charge_ahead` did."""
-    if getattr(self, '_charged_ahead', None) != round_.number:
+    if self._charged_ahead != round_.number:
       self.dp.record_round(round_.reporting if result.applied else result.released,
                            round_.number, result.state,
                            noisy_steps=result.metrics.get('noisy_steps'),

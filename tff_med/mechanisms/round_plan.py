@@ -2,10 +2,12 @@
 
 The training loop (`tff_med.training`) knows only this interface. Each round it
 asks the plan for a cohort, draws the hospitals of it that drop out (they train
-but never report) and adds those the plan cannot reach, asks whether the round may run (`stop_reason`: e.g. a privacy
-budget), runs it (`run_round`) unless fewer than `min_clients` report, lets the
-plan account for what the round released (`account`), and releases what the plan
-says is releasable. Program state is the plan's process state plus `checkpoint()`.
+but never report) and adds those the plan cannot reach (`unreachable`), asks
+whether the round may run (`stop_reason`: e.g. a privacy budget), lets the plan
+charge what the round may release whatever happens to it (`charge_ahead`, saved
+first), runs it (`run_round`) unless fewer than `min_clients` report, lets the
+plan account for what the round released (`account`), and releases what the
+plan says is releasable. Program state is the plan's process state plus `checkpoint()`.
 
 Mechanisms compose by wrapping, as `tff.aggregators` factories nest and as
 Flower's strategy wrappers do: a `PlanWrapper` holds an inner plan, overrides

@@ -3,11 +3,11 @@
 Per hospital, TFF's own remote stack (what `tff.backends.native`'s local
 context builds around its worker): a `RemoteExecutor` over a gRPC channel, here
 through a mutual-TLS tunnel to the node (`tls_terminator.Stunnel` in client
-mode), or plain for tests on one
-machine. A round's computation runs across the cohort's contexts, one
-hospital per context, in cohort order, with the merging on the coordinator
-(`CohortContext`); so each round gets the context of its own reporting
-hospitals, and a hospital's handle only ever reaches its own node.
+mode), or plain for tests on one machine. A round's computation runs across
+the cohort's contexts, one hospital per context, in cohort order, with the
+merging on the coordinator (`CohortContext`); so each round gets the context of
+its own reporting hospitals, and a hospital's handle only ever reaches its own
+node.
 """
 
 import asyncio

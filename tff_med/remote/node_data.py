@@ -15,8 +15,9 @@ from tff_med.data.federated_data import FederatedData
 
 MAX_FEATURES = 10_000_000  # Values per record a manifest may declare.
 _FIELDS = {'dataset': str, 'hospital': str, 'feature_shape': list,
-           'feature_names': (list, type(None)), 'train_rows': int, 'test_rows': int, 'description': str, 'preprocessing': dict,
-           'random_split': bool, 'schema': dict, 'records_sha256': str}
+           'feature_names': (list, type(None)), 'train_rows': int, 'test_rows': int,
+           'description': str, 'preprocessing': dict, 'random_split': bool, 'schema': dict,
+           'records_sha256': str}
 
 
 def check_manifest(hospital: str, manifest) -> None:
