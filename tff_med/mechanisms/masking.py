@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_med.algorithms import client_optimizer, server_optimizer
+from tff_med.algorithms import LOOP_IMPLEMENTATION, client_optimizer, server_optimizer
 from tff_med.mechanisms.learning import DatasetFn, client_metrics, scalar_leaves
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
@@ -242,7 +242,8 @@ def fedavg_client_work(task: Task, metrics_aggregator=None
   kwargs = {'metrics_aggregator': metrics_aggregator} if metrics_aggregator else {}
   return tff.learning.templates.build_model_delta_client_work(
       task.model_fn, client_optimizer(task.config.algorithm),
-      tff.learning.ClientWeighting.UNIFORM, **kwargs)
+      tff.learning.ClientWeighting.UNIFORM,
+      loop_implementation=LOOP_IMPLEMENTATION, **kwargs)
 
 
 def masking_aggregation(task: Task, client_work=None, dataset_fn: DatasetFn | None = None,
