@@ -3,7 +3,7 @@
 Under `output_dir`:
 
     program_state/program_state_K/  the state after round K
-                                    (`tff.program.FileProgramStateManager`):
+                                    (`program_state.NumpyProgramStateManager`):
                                     the plan's process state (model, optimizer,
                                     aggregator), K, and a JSON document with the
                                     plan's checkpoint (e.g. the privacy ledger),
@@ -36,11 +36,11 @@ import secrets
 import shutil
 
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from tff_med import audit_log
 from tff_med.data.federated_data import FederatedData
 from tff_med.outputs import TENSORBOARD_DIR, json_safe
+from tff_med.program_state import NumpyProgramStateManager
 
 STATE_DIR = 'program_state'
 AUDIT_FILE = audit_log.LOG_FILE
@@ -122,8 +122,7 @@ class RunState:
           shutil.rmtree(path)
         elif os.path.exists(path):
           os.remove(path)
-    self._manager = tff.program.FileProgramStateManager(self._dir, keep_total=2,
-                                                        keep_first=False)
+    self._manager = NumpyProgramStateManager(self._dir, keep_total=2, keep_first=False)
     try:  # Continues the chain already there; refuses a broken one.
       self._log = audit_log.AuditLog(os.path.join(output_dir, AUDIT_FILE))
     except audit_log.AuditLogError as e:
