@@ -15,6 +15,11 @@ from tff_med.algorithms import AlgorithmConfig
 from tff_med.config import TrainConfig
 
 
+class _FakePlan(str):
+  """A fake plan: its name, and the context it asks for."""
+  secure_sums = False
+
+
 @pytest.fixture
 def calls(monkeypatch):
   """Replaces training.build_plan and training.run by fakes that record calls."""
@@ -24,7 +29,7 @@ def calls(monkeypatch):
     record.append(('plan', data, config.algorithm.name, config.seed))
     if config.rounds < 1:
       raise ValueError(f'rounds={config.rounds}: must be at least 1')
-    return f'plan {config.algorithm.name} {config.seed}'
+    return _FakePlan(f'plan {config.algorithm.name} {config.seed}')
 
   def run(data, keras_model_fn, config, output_dir=None, *, aggregator=None, plan=None,
           log=print, extra_summary=None, resume=True, overwrite=False):

@@ -96,6 +96,34 @@ def test_execution_context_block_stops_its_worker_even_on_error():
     assert double(4) == 8
 
 
+def test_a_nested_block_with_the_same_arguments_shares_the_worker_and_another_restores_it():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  @tff.tensorflow.computation(np.int32)
+  def double(x):
+    return x * 2
+
+  with runtime.execution_context():
+    assert double(1) == 2
+    outer = runtime.running_workers()
+    assert len(outer) == 1
+    with runtime.execution_context():  # Same arguments: the same worker, still running after.
+      assert double(2) == 4
+      assert runtime.running_workers() == outer
+    assert runtime.running_workers() == outer
+    with runtime.execution_context(max_concurrent_computation_calls=2):  # Its own context.
+      assert double(3) == 6
+      inner = runtime.running_workers()
+      assert inner and inner != outer
+    _assert_gone(outer + inner)
+    assert double(4) == 8  # The outer block's context again, on a fresh worker.
+    last = runtime.running_workers()
+    assert last and not set(last) & set(outer + inner)
+  _assert_gone(last)
+  assert not runtime.running_workers()
+
+
 def test_a_worker_started_with_sigint_ignored_stops_on_the_first_signal():
   """Under `nohup` or `cmd &` SIGINT is ignored and the worker inherits that:
   stopping it with SIGINT (as TFF does) waited out the grace period, then

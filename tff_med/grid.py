@@ -12,6 +12,7 @@ state resumes from its last completed round (`resume`, `overwrite`: as
 `training.run`), so a grid stopped half way continues where it stopped.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -19,6 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from tff_med import runtime
 from tff_med import training
 from tff_med.config import TrainConfig
 from tff_med.data.federated_data import FederatedData
@@ -116,18 +118,30 @@ def run_grid(settings: Mapping[str, Setting], inputs: Mapping[int, SeedInputs],
   planned = planned if planned is not None else plan_grid(settings, inputs)
   os.makedirs(output_dir, exist_ok=True)
   summaries = {}
-  for name in settings:
-    summaries[name] = []
-    for seed, seed_inputs in inputs.items():
-      log(f'== {name}, seed {seed}')
-      path = run_dir(output_dir, name, seed)
-      run = planned[name, seed]
-      summary = training.run(seed_inputs.data, seed_inputs.keras_model_fn, run.config,
-                             output_dir=path, plan=run.plan, log=_quiet,
-                             extra_summary=seed_inputs.summary_fields(), resume=resume,
-                             overwrite=overwrite)
-      if summary.get('status') == 'interrupted':
-        raise Interrupted(f'{name}, seed {seed} stopped before its last round; its state '
-                          f'is saved in {path}')
-      summaries[name].append(summary)
+  with contextlib.ExitStack() as stack:
+    context = None  # Consecutive runs with the same context share it (and its worker).
+    for name in settings:
+      summaries[name] = []
+      for seed, seed_inputs in inputs.items():
+        log(f'== {name}, seed {seed}')
+        run = planned[name, seed]
+        key = (run.plan.secure_sums, run.config.max_concurrent_computation_calls)
+        if key != context:
+          stack.close()
+          stack.enter_context(runtime.execution_context(*key))
+          context = key
+        summaries[name].append(_run(run, seed_inputs, run_dir(output_dir, name, seed),
+                                    resume, overwrite, f'{name}, seed {seed}'))
   return summaries
+
+
+def _run(run: PlannedRun, seed_inputs: SeedInputs, path: str, resume: bool, overwrite: bool,
+         what: str) -> dict:
+  """One run of the grid; Interrupted if it stopped before its last round."""
+  summary = training.run(seed_inputs.data, seed_inputs.keras_model_fn, run.config,
+                         output_dir=path, plan=run.plan, log=_quiet,
+                         extra_summary=seed_inputs.summary_fields(), resume=resume,
+                         overwrite=overwrite)
+  if summary.get('status') == 'interrupted':
+    raise Interrupted(f'{what} stopped before its last round; its state is saved in {path}')
+  return summary

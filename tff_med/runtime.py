@@ -43,13 +43,13 @@ _STOP_GRACE_SECONDS = 10.0
 _START_SECONDS = 60.0  # A started worker must serve its port within this.
 
 # Installation state: what TFF's executor factory had as `subprocess` before we
-# replaced it (None while not installed), how many `execution_context` blocks
-# are open, and whether a bare `set_context()` asked for ownership until exit.
+# replaced it (None while not installed), the open `execution_context` blocks'
+# arguments (innermost last), and whether a bare `set_context()` asked for ownership until exit.
 # Never held while TFF swaps contexts: that may join a context's event-loop
 # thread, which could itself be waiting for a lock here.
 _STATE_LOCK = threading.Lock()
 _saved_subprocess = None
-_open_blocks = 0
+_blocks: list[tuple[bool, int]] = []
 _owned_until_exit = False
 
 
@@ -294,17 +294,30 @@ def set_context(secure_sums: bool = False, max_concurrent_computation_calls: int
 @contextlib.contextmanager
 def execution_context(secure_sums: bool = False, max_concurrent_computation_calls: int = -1):
   """`set_context(...)` for the block; its workers are stopped when it ends, and
-  TFF's own `subprocess` is put back when the outermost block ends."""
-  global _open_blocks
+  TFF's own `subprocess` is put back when the outermost block ends.
+
+  A block directly inside one with the same arguments runs in that block's
+  context: its worker, and what the worker has compiled, serve both (a grid's
+  runs share one). A block with other arguments sets its own context and, when
+  it ends, stops every worker and sets the enclosing block's context again (a
+  fresh worker starts at its next call).
+  """
+  key = (secure_sums, max_concurrent_computation_calls)
   with _STATE_LOCK:
-    _open_blocks += 1
+    reuse = bool(_blocks) and _blocks[-1] == key
+    _blocks.append(key)
     _install_locked()
   try:
-    _set_context(secure_sums, max_concurrent_computation_calls)
+    if not reuse:
+      _set_context(*key)
     yield
   finally:
-    stop_workers()
+    if not reuse:
+      stop_workers()
     with _STATE_LOCK:
-      _open_blocks -= 1
-      if not _open_blocks and not _owned_until_exit:
+      _blocks.pop()
+      outer = _blocks[-1] if _blocks else None
+      if not _blocks and not _owned_until_exit:
         _uninstall_locked()
+    if outer is not None and not reuse:
+      _set_context(*outer)

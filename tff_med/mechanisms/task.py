@@ -1,13 +1,16 @@
 """What every mechanism of a run shares: the data, the model, the settings, and
 the hospitals' ordinary training datasets."""
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_med.config import TrainConfig
 from tff_med.data.federated_data import FederatedData
+from tff_med.models.keras_models import build_keras_model
 from tff_med.models.tff_model import tff_model_fn
 
 KerasModelFn = Callable[[], tf.keras.Model]
@@ -23,15 +26,38 @@ def client_dataset(data: FederatedData, hospital: str, config: TrainConfig,
           .repeat(config.local_epochs))
 
 
+def model_key(keras_model_fn: KerasModelFn, element_spec) -> tuple | None:
+  """What TFF computations traced from `keras_model_fn` on data of `element_spec`
+  depend on, where that is known: for `functools.partial(build_keras_model,
+  config, feature_shape, seed)`, the architecture and the element spec (and the
+  seed, which seeds dropout, when the model has dropout), not the seed's initial
+  weights. None for any other function."""
+  if not (isinstance(keras_model_fn, functools.partial)
+          and keras_model_fn.func is build_keras_model and not keras_model_fn.keywords
+          and len(keras_model_fn.args) == 3):
+    return None
+  config, feature_shape, seed = keras_model_fn.args
+  return (config.name, tuple(config.hidden_units), config.dropout, tuple(feature_shape),
+          seed if config.dropout else None, tuple(element_spec.items()))
+
+
 class Task:
   """`data`, `keras_model_fn` (no-arg, fresh uncompiled Keras model with one
-  logit, [B, 1], same initial weights on every call), `config`, and `model_fn`
-  for `tff.learning` builders."""
+  logit, [B, 1], same initial weights on every call), `config`, `model_fn` for
+  `tff.learning` builders and its `model_key` (`model_key`)."""
 
   def __init__(self, data: FederatedData, keras_model_fn: KerasModelFn, config: TrainConfig):
     self.data, self.keras_model_fn, self.config = data, keras_model_fn, config
-    self.model_fn = tff_model_fn(keras_model_fn,
-                                 self.dataset(data.hospitals[0], 0).element_spec)
+    element_spec = self.dataset(data.hospitals[0], 0).element_spec
+    self.model_fn = tff_model_fn(keras_model_fn, element_spec)
+    self.model_key = model_key(keras_model_fn, element_spec)
+
+  def initial_weights(self) -> tff.learning.models.ModelWeights:
+    """The model's initial weights, as numpy arrays."""
+    model = self.keras_model_fn()
+    return tff.learning.models.ModelWeights(
+        trainable=[w.numpy() for w in model.trainable_weights],
+        non_trainable=[w.numpy() for w in model.non_trainable_weights])
 
   def dataset(self, hospital: str, round_num: int) -> tf.data.Dataset:
     """`client_dataset`, shuffled by the seed and the round (a resumed run sees
