@@ -79,6 +79,9 @@ _MAX_RSS_GB = flags.DEFINE_float('max_rss_gb', 16.0, 'A scale process whose resi
                                  '(with its workers) passes this is stopped and reported so.')
 _COMPARE_SEEDS = flags.DEFINE_integer('compare_seeds', 5, 'Seeds of the timed '
                                       'experiments.compare run; 0 skips it.')
+_CNN_ROUNDS = flags.DEFINE_integer('cnn_rounds', 3, 'Rounds of the PneumoniaMNIST CNN rows '
+                                   '(tff_med and the TF loop, one measurement each); 0 '
+                                   'skips them.')
 _CELL_TIMEOUT = flags.DEFINE_float('cell_timeout', 1200.0, 'Seconds after which a measured '
                                    'process is stopped.')
 _OUTPUT = flags.DEFINE_string('output', 'docs/results/benchmark.json', 'JSON results; the '
@@ -103,24 +106,36 @@ REFERENCE = {
 SYNTHETIC = dict(hidden=(64, 32), batch_size=32, local_epochs=1, client_lr=0.1,
                  server_lr=1.0, weighting='num_examples', seed=0)
 GOALS = {'compare_seconds': 60.0, 'first_round_seconds': 6.0, 'heart_round_vs_tf_loop': 3.0,
-         'synthetic_round_s': 1.1, 'synthetic_round_vs_tf_loop': 2.0, 'memory_gib': 24.0}
+         'synthetic_round_s': 1.1, 'synthetic_round_vs_tf_loop': 2.0, 'memory_gib': 24.0,
+         'cnn_round_vs_tf_loop': 1.5}
 
 
 # ---------------------------------------------------------------------------
 # Workloads.
 
 def heart_workload(data_dir: str | None, rounds: int | None = None):
-  """(Workload of heart_disease with the repo's defaults, the rounds); loaded as
+  """Workload of heart_disease with the repo's defaults (logreg); loaded as
   `python -m experiments.train --dataset=heart_disease` loads it."""
+  return _dataset_workload('heart_disease', 'logreg', data_dir, rounds)
+
+
+def cnn_workload(data_dir: str | None, rounds: int):
+  """Workload of pneumoniamnist with the repo's defaults (CNN, 10 hospitals)."""
+  return _dataset_workload('pneumoniamnist', 'cnn', data_dir, rounds)
+
+
+def _dataset_workload(dataset: str, model: str, data_dir: str | None, rounds: int | None):
   from tff_med import data as data_lib  # pylint: disable=g-import-not-at-top
-  defaults = experiment_flags.DATASET_DEFAULTS['heart_disease']
-  if defaults['model'] != 'logreg':
-    raise ValueError(f"heart_disease's default model is {defaults['model']}, not logreg")
-  data = data_lib.load(data_lib.DataConfig(dataset='heart_disease', data_dir=data_dir, seed=0))
+  defaults = experiment_flags.DATASET_DEFAULTS[dataset]
+  if defaults['model'] != model:
+    raise ValueError(f"{dataset}'s default model is {defaults['model']}, not {model}")
+  extra = {k: defaults[k] for k in ('num_hospitals', 'partition') if k in defaults}
+  data = data_lib.load(data_lib.DataConfig(dataset=dataset, data_dir=data_dir, seed=0, **extra))
   return _workload(data, (), rounds or defaults['rounds'], batch_size=defaults['batch_size'],
                    local_epochs=defaults['local_epochs'], client_lr=defaults['client_lr'],
                    server_lr=experiment_flags.SERVER_LR_DEFAULTS['fedavg'],
-                   weighting=defaults['client_weighting'], seed=0)
+                   weighting=defaults.get('client_weighting', 'num_examples'), seed=0,
+                   model=model)
 
 
 def synthetic_workload(num_hospitals: int, rounds: int, orders: bool = True):
@@ -132,13 +147,14 @@ def synthetic_workload(num_hospitals: int, rounds: int, orders: bool = True):
 
 
 def _workload(data, hidden, rounds, batch_size, local_epochs, client_lr, server_lr, weighting,
-              seed, orders=True) -> floors.Workload:
+              seed, orders=True, model='mlp') -> floors.Workload:
   """A FederatedData's records as a `benchmark_floors.Workload`, with tff_med's
   initial weights and (`orders`) its per-round shuffle orders."""
   from tff_med.models import ModelConfig, build_keras_model  # pylint: disable=g-import-not-at-top
-  model = ModelConfig('mlp', tuple(hidden)) if hidden else ModelConfig('logreg')
+  config = (ModelConfig('cnn') if model == 'cnn' else
+            ModelConfig('mlp', tuple(hidden)) if hidden else ModelConfig('logreg'))
   initial = [np.asarray(w) for w in
-             build_keras_model(model, data.feature_shape, seed).trainable_weights]
+             build_keras_model(config, data.feature_shape, seed).trainable_weights]
   train = {}
   for h in data.hospitals:
     x, y = data.train_arrays(h)
@@ -149,7 +165,7 @@ def _workload(data, hidden, rounds, batch_size, local_epochs, client_lr, server_
       test_y=test_y, hidden=tuple(hidden), rounds=rounds, batch_size=batch_size,
       local_epochs=local_epochs, client_lr=client_lr, server_lr=server_lr,
       weighting=weighting, seed=seed, initial=initial,
-      test_sizes=[int(data.num_test(h)) for h in data.hospitals])
+      test_sizes=[int(data.num_test(h)) for h in data.hospitals], model=model)
   if orders:
     workload.orders = floors.shuffle_orders(workload)
   return workload
@@ -303,7 +319,7 @@ def _check(measured: Measured, what: str) -> None:
 
 def _pooled_metrics(workload: floors.Workload, weights) -> dict:
   from tff_med.evaluation import binary_metrics  # pylint: disable=g-import-not-at-top
-  return binary_metrics(floors.numpy_logits(weights, workload.test_x), workload.test_y)
+  return binary_metrics(floors.logits(workload, weights, workload.test_x), workload.test_y)
 
 
 def _floor_cell(impl: str, workload_path: str, workload: floors.Workload, folder: str,
@@ -327,11 +343,26 @@ def _floor_cell(impl: str, workload_path: str, workload: floors.Workload, folder
 def _heart_tff_med_cell(workload: floors.Workload, folder: str, data_dir: str | None,
                         timeout: float | None) -> dict:
   """`python -m experiments.train --dataset=heart_disease` (the defaults)."""
+  return _train_cell('heart_disease', workload, folder, data_dir, timeout)
+
+
+def _cnn_tff_med_cell(workload: floors.Workload, folder: str, data_dir: str | None,
+                      timeout: float | None) -> dict:
+  """`python -m experiments.train --dataset=pneumoniamnist` (the defaults; one
+  evaluation, after the last round)."""
+  return _train_cell('pneumoniamnist', workload, folder, data_dir, timeout,
+                     f'--eval_every={workload.rounds}')
+
+
+def _train_cell(dataset: str, workload: floors.Workload, folder: str, data_dir: str | None,
+                timeout: float | None, *flags_) -> dict:
+  """`python -m experiments.train --dataset=DATASET` for the workload's rounds."""
   output_dir = os.path.join(folder, 'run')
-  measured = run_process(_python('experiments.train', '--dataset=heart_disease',
+  measured = run_process(_python('experiments.train', f'--dataset={dataset}',
                                  f'--rounds={workload.rounds}', f'--output_dir={output_dir}',
-                                 *([f'--data_dir={data_dir}'] if data_dir else [])), timeout)
-  _check(measured, 'experiments.train on heart_disease')
+                                 *flags_, *([f'--data_dir={data_dir}'] if data_dir else [])),
+                         timeout)
+  _check(measured, f'experiments.train on {dataset}')
   round_seconds = _metrics_csv_round_seconds(output_dir)
   with open(os.path.join(output_dir, 'summary.json')) as f:
     summary = json.load(f)
@@ -448,6 +479,7 @@ class Settings:
   scale: tuple = ((10, 6, 3), (100, 6, 3), (300, 3, 3), (1000, 3, 1))  # (hospitals, rounds, repeats)
   max_rss_gb: float = 16.0
   compare_seeds: int = 5
+  cnn_rounds: int = 3  # PneumoniaMNIST CNN rows; 0 skips them.
   cell_timeout: float | None = 1200.0
   data_dir: str | None = None
 
@@ -457,6 +489,7 @@ class Cells:
   """The functions that measure one cell (a seam for tests)."""
   floor: Callable = _floor_cell
   heart_tff_med: Callable = _heart_tff_med_cell
+  cnn_tff_med: Callable = _cnn_tff_med_cell
   synthetic_tff_med: Callable = _synthetic_tff_med_cell
   startup: Callable = _startup_cell
   imports: Callable = _import_cell
@@ -475,7 +508,7 @@ def run_benchmark(settings: Settings, cells: Cells = Cells(), log=print) -> dict
   measurements = {'heart_disease': {c: [] for c in COLUMNS},
                   'synthetic': {c: [] for c in COLUMNS},
                   'startup': [], 'import_tensorflow': [], 'import_tensorflow_federated': [],
-                  'scale': {}, 'compare': None}
+                  'scale': {}, 'compare': None, 'cnn': None}
   with tempfile.TemporaryDirectory(prefix='tff_med_benchmark_') as folder:
     paths = {}
     for name, workload in (('heart_disease', heart), ('synthetic', synthetic)):
@@ -537,6 +570,20 @@ def run_benchmark(settings: Settings, cells: Cells = Cells(), log=print) -> dict
           break
       measurements['scale'][hospitals] = {'rounds': rounds, 'same_as_table': False,
                                           'runs': runs}
+
+    if settings.cnn_rounds:
+      cnn = cnn_workload(settings.data_dir, settings.cnn_rounds)
+      paths['cnn'] = os.path.join(folder, 'cnn.npz')
+      cnn.save(paths['cnn'])
+      measurements['cnn'] = {
+          'workload': {**cnn.meta(), 'train_records': sum(len(y) for _, y in cnn.train.values()),
+                       'test_records': len(cnn.test_y)},
+          'tff_med': cells.cnn_tff_med(cnn, cell_folder('cnn', 'tff_med'), settings.data_dir,
+                                       timeout),
+          'tf_loop': cells.floor('tf_loop', paths['cnn'], cnn, cell_folder('cnn', 'tf_loop'),
+                                 timeout)}
+      for column in ('tff_med', 'tf_loop'):
+        note(f'pneumoniamnist cnn {column}', measurements['cnn'][column])
 
     if settings.compare_seeds:
       measurements['compare'] = cells.compare(settings.compare_seeds,
@@ -636,8 +683,17 @@ def results_json(settings: Settings, heart: floors.Workload, synthetic: floors.W
     row['seconds_per_hospital'] = (row['median_round_seconds'] / row['hospitals']
                                    if row['median_round_seconds'] else None)
   compare = measurements['compare']
-  goals = _goals(table, startup, scale, compare)
   strip = lambda r: {k: v for k, v in r.items() if k != 'weights'}
+  cnn = measurements['cnn'] and {
+      'command': 'python -m experiments.train --dataset=pneumoniamnist '
+                 f'--rounds={measurements["cnn"]["workload"]["rounds"]}',
+      'workload': measurements['cnn']['workload'],
+      **{column: {'median_round_seconds': measurements['cnn'][column]['median_round_seconds'],
+                  'round_seconds': measurements['cnn'][column]['round_seconds'],
+                  'wall_seconds': measurements['cnn'][column]['wall_seconds'],
+                  'pooled': measurements['cnn'][column]['pooled']}
+         for column in ('tff_med', 'tf_loop')}}
+  goals = _goals(table, startup, scale, compare, cnn)
   return {
       'issue': 13,
       'run': {**run, 'command': 'python -m experiments.benchmark ' + ' '.join(
@@ -665,6 +721,7 @@ def results_json(settings: Settings, heart: floors.Workload, synthetic: floors.W
           'command': f'python -m experiments.compare --dataset=heart_disease '
                      f'--seeds={compare["seeds"]}', 'seconds': compare['wall_seconds'],
           'started': compare['started'], 'loadavg_before': compare['loadavg_before']},
+      'cnn': cnn,
       'goals': goals,
       'measurements': {
           'heart_disease': {c: [strip(r) for r in runs]
@@ -677,7 +734,9 @@ def results_json(settings: Settings, heart: floors.Workload, synthetic: floors.W
           'scale': {str(h): [strip(r) for r in e['runs']] if not e['same_as_table']
                     else 'the synthetic tff_med measurements'
                     for h, e in measurements['scale'].items()},
-          'compare': compare},
+          'compare': compare,
+          'cnn': measurements['cnn'] and {c: strip(measurements['cnn'][c])
+                                          for c in ('tff_med', 'tf_loop')}},
   }
 
 
@@ -687,7 +746,7 @@ def _settings_flags(settings: Settings) -> dict:
             'scale': ','.join(str(h) for h, _, _ in settings.scale),
             'scale_rounds': ','.join(str(r) for _, r, _ in settings.scale),
             'scale_repeats': ','.join(str(r) for _, _, r in settings.scale),
-            'compare_seeds': settings.compare_seeds}
+            'compare_seeds': settings.compare_seeds, 'cnn_rounds': settings.cnn_rounds}
   if settings.heart_rounds:
     flags_['heart_rounds'] = settings.heart_rounds
   return flags_
@@ -697,7 +756,8 @@ def _ratio(a, b):
   return a / b if a is not None and b else None
 
 
-def _goals(table: dict, startup: dict, scale: list, compare: dict | None) -> dict:
+def _goals(table: dict, startup: dict, scale: list, compare: dict | None,
+           cnn: dict | None) -> dict:
   """Each of the issue's goals: the goal, the measured figure, met or not."""
   goals = {}
 
@@ -725,6 +785,11 @@ def _goals(table: dict, startup: dict, scale: list, compare: dict | None) -> dic
   add('synthetic_round_vs_tf_loop', GOALS['synthetic_round_vs_tf_loop'], ratio,
       ratio is not None and ratio <= GOALS['synthetic_round_vs_tf_loop'],
       'per round at the synthetic hospitals within 2x the TF loop')
+  ratio = cnn and _ratio(cnn['tff_med']['median_round_seconds'],
+                         cnn['tf_loop']['median_round_seconds'])
+  add('cnn_round_vs_tf_loop', GOALS['cnn_round_vs_tf_loop'], ratio,
+      ratio is not None and ratio <= GOALS['cnn_round_vs_tf_loop'],
+      'PneumoniaMNIST CNN (10 hospitals) per round within 1.5x the TF loop')
   largest = max(scale, key=lambda r: r['hospitals']) if scale else None
   memory = largest['peak_rss_gib'] if largest else None
   add('memory', GOALS['memory_gib'], memory,
@@ -855,6 +920,23 @@ def markdown(results: dict) -> str:
               f'`{results["compare"]["command"]}`: {_fmt(results["compare"]["seconds"])} s '
               f'(one measurement, started {results["compare"]["started"]} at load average '
               f'{results["compare"]["loadavg_before"][0]:.2f}).']
+  cnn = results.get('cnn')
+  if cnn:
+    rounds = cnn['workload']['rounds']
+    lines += ['', '## PneumoniaMNIST CNN, 10 hospitals', '',
+              f'`{cnn["command"]}` next to the same FedAvg in one TF loop '
+              f'(`benchmark_floors`, Keras CNN, same initial weights and batches), '
+              f'{rounds} rounds, one measurement each; per round: median of rounds 2..'
+              f'{rounds}.', '',
+              '| | tff_med | same arithmetic in one TF loop |', '|---|---|---|',
+              f'| per round (s) | {_fmt(cnn["tff_med"]["median_round_seconds"])} | '
+              f'{_fmt(cnn["tf_loop"]["median_round_seconds"])} |',
+              f'| whole process (s) | {_fmt(cnn["tff_med"]["wall_seconds"])} | '
+              f'{_fmt(cnn["tf_loop"]["wall_seconds"])} |',
+              f'| pooled test accuracy / AUC | {cnn["tff_med"]["pooled"]["accuracy"]:.4f} / '
+              f'{cnn["tff_med"]["pooled"]["auc"]:.4f} | '
+              f'{cnn["tf_loop"]["pooled"]["accuracy"]:.4f} / '
+              f'{cnn["tf_loop"]["pooled"]["auc"]:.4f} |']
   for other in results.get('other_runs', []):
     lines += ['', f'## {other["title"]}', '', other['description']]
     if other.get('table'):
@@ -920,6 +1002,7 @@ def settings_from_flags() -> Settings:
                   synthetic_rounds=_SYNTHETIC_ROUNDS.value,
                   scale=tuple(zip(sizes, pad(rounds), pad(repeats))),
                   max_rss_gb=_MAX_RSS_GB.value, compare_seeds=_COMPARE_SEEDS.value,
+                  cnn_rounds=_CNN_ROUNDS.value,
                   cell_timeout=_CELL_TIMEOUT.value, data_dir=FLAGS.data_dir)
 
 

@@ -50,6 +50,8 @@ class Workload:
     train: hospital -> (x float32 [n, d], y float32 [n, 1]).
     test_x, test_y: the pooled test set (float32 [m, d], int64 [m]).
     hidden: the MLP's hidden widths; () is logistic regression.
+    model: 'mlp' (dense layers of `hidden`) or 'cnn' (`cnn_model`, images;
+      the TF loop only).
     rounds, batch_size, local_epochs, client_lr, server_lr, weighting, seed:
       FedAvg's settings (`weighting` one of WEIGHTINGS; `seed`: round r's
       shuffle seed is seed * 100003 + r, as in tff_med).
@@ -74,15 +76,17 @@ class Workload:
   initial: list
   orders: dict | None = None
   test_sizes: list | None = None
+  model: str = 'mlp'
 
   def meta(self) -> dict:
     return {k: getattr(self, k) for k in ('name', 'hospitals', 'hidden', 'rounds', 'batch_size',
                                            'local_epochs', 'client_lr', 'server_lr',
-                                           'weighting', 'seed', 'test_sizes')}
+                                           'weighting', 'seed', 'test_sizes', 'model')}
 
   def save(self, path: str) -> None:
     arrays = {'meta': np.array(json.dumps({**self.meta(), 'hidden': list(self.hidden),
-                                           'has_orders': self.orders is not None})),
+                                           'has_orders': self.orders is not None,
+                                           'num_initial': len(self.initial)})),
               'test_x': self.test_x, 'test_y': self.test_y}
     for k, w in enumerate(self.initial):
       arrays[f'initial_{k}'] = w
@@ -97,7 +101,7 @@ class Workload:
     with np.load(path, allow_pickle=False) as f:
       meta = json.loads(str(f['meta']))
       hospitals = meta['hospitals']
-      initial = [f[f'initial_{k}'] for k in range(2 * (len(meta['hidden']) + 1))]
+      initial = [f[f'initial_{k}'] for k in range(meta['num_initial'])]
       train = {h: (f[f'x_{i}'], f[f'y_{i}']) for i, h in enumerate(hospitals)}
       orders = ({h: f[f'order_{i}'] for i, h in enumerate(hospitals)}
                 if meta['has_orders'] else None)
@@ -106,7 +110,7 @@ class Workload:
                  batch_size=meta['batch_size'], local_epochs=meta['local_epochs'],
                  client_lr=meta['client_lr'], server_lr=meta['server_lr'],
                  weighting=meta['weighting'], seed=meta['seed'], initial=initial,
-                 orders=orders, test_sizes=meta['test_sizes'])
+                 orders=orders, test_sizes=meta['test_sizes'], model=meta['model'])
 
   def test_split(self) -> dict:
     """hospital -> (x, y) of its own test records (needs `test_sizes`)."""
@@ -245,16 +249,54 @@ def run_numpy(workload: Workload, log=None) -> dict:
 # ---------------------------------------------------------------------------
 # One TF loop.
 
+def _mlp_step(workload: Workload):
+  """(weights, x, y) -> (weights after one SGD step, loss): the MLP's forward pass
+  written out in TF ops."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def step(w, xb, yb):
+    with tf.GradientTape() as tape:
+      tape.watch(w)
+      h = xb
+      for layer in range(len(w) // 2):
+        h = tf.matmul(h, w[2 * layer]) + w[2 * layer + 1]
+        if layer < len(w) // 2 - 1:
+          h = tf.nn.relu(h)
+      loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=h))
+    grads = tape.gradient(loss, w)
+    return [a - workload.client_lr * g for a, g in zip(w, grads)], loss
+  return step
+
+
+def _keras_step(workload: Workload):
+  """(weights, x, y) -> (weights after one SGD step, loss) through a Keras model
+  (`cnn_model`) whose variables take the weights."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model = cnn_model(workload.test_x.shape[1:])
+  variables = model.trainable_variables
+
+  def step(w, xb, yb):
+    for variable, value in zip(variables, w):
+      variable.assign(value)
+    with tf.GradientTape() as tape:
+      logits = model(xb, training=True)
+      loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=logits))
+    grads = tape.gradient(loss, variables)
+    return [a - workload.client_lr * g for a, g in zip(w, grads)], loss
+  return step
+
+
 def run_tf_loop(workload: Workload, log=None) -> dict:
   """FedAvg as one Python loop over TF: per hospital one `tf.function` call
   (its local epochs), the weighted average in TF ops."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  batch_size, lr = workload.batch_size, workload.client_lr
-  d = workload.test_x.shape[1]
+  batch_size = workload.batch_size
   specs = [tf.TensorSpec(a.shape, tf.float32) for a in workload.initial]
+  step = _keras_step(workload) if workload.model == 'cnn' else _mlp_step(workload)
 
-  @tf.function(input_signature=[specs, tf.TensorSpec([None, d], tf.float32),
+  @tf.function(input_signature=[specs,
+                                tf.TensorSpec([None, *workload.test_x.shape[1:]], tf.float32),
                                 tf.TensorSpec([None, 1], tf.float32),
                                 tf.TensorSpec([None, None], tf.int64)])
   def local(weights, x, y, order):
@@ -265,16 +307,7 @@ def run_tf_loop(workload: Workload, log=None) -> dict:
       xe, ye = tf.gather(x, order[e]), tf.gather(y, order[e])
       for start in tf.range(tf.constant(0, tf.int64), n, batch_size):
         xb, yb = xe[start:start + batch_size], ye[start:start + batch_size]
-        with tf.GradientTape() as tape:
-          tape.watch(w)
-          h = xb
-          for layer in range(len(w) // 2):
-            h = tf.matmul(h, w[2 * layer]) + w[2 * layer + 1]
-            if layer < len(w) // 2 - 1:
-              h = tf.nn.relu(h)
-          loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=h))
-        grads = tape.gradient(loss, w)
-        w = [a - lr * g for a, g in zip(w, grads)]
+        w, loss = step(w, xb, yb)
         size = tf.cast(tf.shape(xb)[0], tf.float32)
         loss_sum, seen = loss_sum + loss * size, seen + size
     return w, loss_sum, seen
@@ -337,6 +370,30 @@ def keras_model(hidden, features: int, seed: int = 0):
   for k, units in enumerate(hidden, start=3):
     x = tf.keras.layers.Dense(units, activation='relu', kernel_initializer=init(k))(x)
   return tf.keras.Model(inputs, tf.keras.layers.Dense(1, kernel_initializer=init(99))(x))
+
+
+def cnn_model(image_shape):
+  """tff_med's CNN (`tff_med.models.build_keras_model`, name 'cnn', no dropout),
+  written again here: pixels [0, 1] -> [-2, 2], three 3x3 ReLU convolutions
+  (32, 64, 128 filters) each followed by 2x2 max-pooling, global average
+  pooling, one logit. Initial weights come from the workload."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  inputs = tf.keras.Input(shape=tuple(image_shape))
+  x = tf.keras.layers.Rescaling(4.0, offset=-2.0)(inputs)
+  for filters in (32, 64, 128):
+    x = tf.keras.layers.Conv2D(filters, 3, activation='relu', padding='same')(x)
+    x = tf.keras.layers.MaxPool2D()(x)
+  x = tf.keras.layers.GlobalAveragePooling2D()(x)
+  return tf.keras.Model(inputs, tf.keras.layers.Dense(1)(x))
+
+
+def logits(workload: Workload, weights, x: np.ndarray) -> np.ndarray:
+  """The model's logits [m] on x with `weights` (numpy for the MLP, Keras for the CNN)."""
+  if workload.model != 'cnn':
+    return numpy_logits(weights, x)
+  model = cnn_model(x.shape[1:])
+  model.set_weights(weights)
+  return model.predict(x, batch_size=1024, verbose=0)[:, 0]
 
 
 def initial_weights(hidden, features: int, seed: int = 0) -> list:
@@ -420,6 +477,8 @@ def run(impl: str, workload: Workload, log=None) -> dict:
     raise ValueError(f'impl={impl!r}: choose one of {IMPLEMENTATIONS}')
   if impl != 'tff_direct' and workload.orders is None:
     raise ValueError(f'impl={impl}: the workload carries no record orders (shuffle_orders)')
+  if workload.model == 'cnn' and impl != 'tf_loop':
+    raise ValueError(f'impl={impl}: the CNN workload runs in the TF loop only')
   return RUNNERS[impl](workload, log=log)
 
 

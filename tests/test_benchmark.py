@@ -60,6 +60,47 @@ def test_tf_loop_and_numpy_give_the_same_weights(hidden, weighting):
   assert len(numpy_result['round_seconds']) == len(tf_result['round_seconds']) == 2
 
 
+def test_the_cnn_tf_loop_is_fedavg_over_keras_sgd_on_the_same_batches():
+  """The CNN floor against FedAvg written with Keras fit: per hospital, one fit
+  per pass on the records in the workload's order (SGD, no shuffling), then
+  the example-weighted mean of the hospitals' models."""
+  rng = np.random.default_rng(2)
+  sizes = {'a': 9, 'b': 6}
+  train = {h: (rng.uniform(size=(n, 8, 8, 1)).astype(np.float32),
+               rng.integers(0, 2, (n, 1)).astype(np.float32)) for h, n in sizes.items()}
+  tff_med_cnn = build_keras_model(ModelConfig('cnn'), (8, 8, 1), seed=1)
+  initial = [np.asarray(w) for w in tff_med_cnn.trainable_weights]
+  floor_cnn = floors.cnn_model((8, 8, 1))
+  floor_cnn.set_weights(initial)  # The floor's CNN is tff_med's: same logits.
+  np.testing.assert_allclose(floor_cnn(train['a'][0]), tff_med_cnn(train['a'][0]), atol=1e-6)
+  workload = floors.Workload(
+      name='tiny_cnn', hospitals=list(train), train=train, test_x=train['a'][0],
+      test_y=train['a'][1][:, 0].astype(np.int64), hidden=(), rounds=2, batch_size=4,
+      local_epochs=2, client_lr=0.05, server_lr=1.0, weighting='num_examples', seed=0,
+      initial=initial, model='cnn')
+  workload.orders = _fixed_orders(workload)
+  result = floors.run('tf_loop', workload)
+
+  model = floors.cnn_model((8, 8, 1))
+  model.compile(optimizer=tf.keras.optimizers.SGD(workload.client_lr),
+                loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+  weights = initial
+  for r in range(workload.rounds):
+    updates = []
+    for h, (x, y) in train.items():
+      model.set_weights(weights)
+      for order in workload.orders[h][r]:
+        model.fit(x[order], y[order], batch_size=workload.batch_size, shuffle=False, verbose=0)
+      updates.append(model.get_weights())
+    total = sum(sizes.values())
+    weights = [sum(sizes[h] / total * u[k] for h, u in zip(train, updates))
+               for k in range(len(weights))]
+  _assert_same(result['weights'], weights, atol=1e-5)
+  assert max(np.abs(w - w0).max() for w, w0 in zip(weights, initial)) > 1e-3
+  with pytest.raises(ValueError, match='TF loop only'):
+    floors.run('numpy', workload)
+
+
 def test_numpy_gradients_are_tfs():
   workload = _tiny_workload((8, 4), 'uniform')
   x, y = workload.train['h0000']
@@ -134,6 +175,7 @@ class _StandInCells(benchmark.Cells):
 
   def __init__(self):
     super().__init__(floor=self._floor, heart_tff_med=self._heart_tff_med,
+                     cnn_tff_med=lambda workload, folder, data_dir, timeout: self._cnn(),
                      synthetic_tff_med=self._synthetic_tff_med, startup=self._startup,
                      imports=lambda module, timeout: benchmark._import_cell('json', timeout),
                      compare=self._compare)
@@ -141,7 +183,16 @@ class _StandInCells(benchmark.Cells):
   @staticmethod
   def _floor(impl, path, workload, folder, timeout):
     del impl
+    if workload.model == 'cnn':
+      return _StandInCells._cnn()
     return benchmark._floor_cell('numpy', path, workload, folder, timeout)
+
+  @staticmethod
+  def _cnn():
+    return {**benchmark.Measured(['stand-in'], 20.0, 0, [], 10.0, 9.0, 'now', (1, 1, 1),
+                                 (1, 1, 1)).record(),
+            'round_seconds': [3.0, 2.0], 'median_round_seconds': 2.0,
+            'pooled': {'accuracy': 0.8, 'auc': 0.9}}
 
   def _heart_tff_med(self, workload, folder, data_dir, timeout):
     path = os.path.join(folder, 'heart.npz')
@@ -178,7 +229,7 @@ def test_benchmark_writes_every_cell(tmp_path, data_dir):
   tf.random.set_seed(None)
   settings = benchmark.Settings(repeats=1, heart_rounds=2, synthetic_hospitals=3,
                                 synthetic_rounds=2, scale=((3, 2, 1), (4, 2, 1)),
-                                compare_seeds=5, data_dir=data_dir)
+                                compare_seeds=5, cnn_rounds=2, data_dir=data_dir)
   results = benchmark.run_benchmark(settings, _StandInCells(), log=lambda line: None)
   results['other_runs'] = [benchmark.other_run('A second pass', 'Again.', results)]
   output = str(tmp_path / 'benchmark.json')
@@ -205,7 +256,11 @@ def test_benchmark_writes_every_cell(tmp_path, data_dir):
   assert written['compare']['seconds'] == 50.0
   assert set(written['goals']) == {'compare_seeds5', 'first_round', 'heart_round_vs_tf_loop',
                                    'synthetic_round', 'synthetic_round_vs_tf_loop', 'memory',
-                                   'linear'}
+                                   'linear', 'cnn_round_vs_tf_loop'}
+  # The CNN rows: pneumoniamnist's default set-up; both stand-ins took 2.0 s a round.
+  assert written['cnn']['workload']['model'] == 'cnn'
+  assert len(written['cnn']['workload']['hospitals']) == 10
+  assert written['goals']['cnn_round_vs_tf_loop']['measured'] == 1.0
   assert written['goals']['first_round']['met'] and written['goals']['compare_seeds5']['met']
   for record in written['measurements']['heart_disease']['numpy']:
     assert {'started', 'loadavg_before', 'wall_seconds'} <= set(record)
@@ -213,5 +268,6 @@ def test_benchmark_writes_every_cell(tmp_path, data_dir):
   with open(str(tmp_path / 'benchmark.md')) as f:
     assert f.read() == text
   for title in ('whole process (s)', 'per round (ms)', 'MLP 20-64-32-1, per round (s)',
-                'Start-up', 'Scale', 'experiments.compare', 'goals', 'A second pass'):
+                'Start-up', 'Scale', 'experiments.compare', 'goals', 'A second pass',
+                'PneumoniaMNIST CNN'):
     assert title in text
