@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_med import runtime
 from tff_med.program_state import NumpyProgramStateManager
 
 
@@ -39,9 +40,8 @@ def _assert_same(a, b, dtypes=True):
 
 @pytest.fixture(scope='module')
 def state():
-  with tff.framework.get_context_stack().install(
-      tff.backends.test.create_sync_test_cpp_execution_context()):
-    yield _learning_state()
+  with runtime.execution_context():
+    return _learning_state()
 
 
 def test_a_saved_state_loads_as_tffs_own_manager_loads_it(tmp_path, state):
@@ -79,4 +79,15 @@ def test_versions_errors_and_pruning_are_tffs(tmp_path, state):
 def test_a_leaf_numpy_cannot_store_is_refused(tmp_path):
   with pytest.raises(TypeError, match='program state leaf of type object'):
     asyncio.run(NumpyProgramStateManager(str(tmp_path)).save([object()], 1))
+  with pytest.raises(TypeError, match='NUL'):  # numpy would drop it.
+    asyncio.run(NumpyProgramStateManager(str(tmp_path)).save(['ledger\0'], 1))
   assert asyncio.run(NumpyProgramStateManager(str(tmp_path)).get_versions()) is None
+
+
+def test_a_state_loaded_into_another_layout_is_refused(tmp_path, state):
+  manager = NumpyProgramStateManager(str(tmp_path))
+  asyncio.run(manager.save([{'a': np.zeros(2), 'b': np.ones(1)}, 1], 1))
+  with pytest.raises(ValueError, match='not laid out as the state'):
+    asyncio.run(manager.load(1, [{'a': np.zeros(2), 'c': np.ones(1)}, 1]))
+  with pytest.raises(ValueError, match='not laid out as the state'):
+    asyncio.run(manager.load(1, state))

@@ -104,24 +104,31 @@ def test_a_nested_block_with_the_same_arguments_shares_the_worker_and_another_re
   def double(x):
     return x * 2
 
-  with runtime.execution_context():
-    assert double(1) == 2
-    outer = runtime.running_workers()
-    assert len(outer) == 1
-    with runtime.execution_context():  # Same arguments: the same worker, still running after.
-      assert double(2) == 4
+  # As under pytest-xdist, nohup or `cmd &`: workers inherit an ignored SIGINT, so
+  # TFF's own stop of a dropped context's worker (SIGINT, then wait) would hang.
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with runtime.execution_context():
+      assert double(1) == 2
+      outer = runtime.running_workers()
+      assert len(outer) == 1
+      with runtime.execution_context():  # Same arguments: the same worker, running after.
+        assert double(2) == 4
+        assert runtime.running_workers() == outer
       assert runtime.running_workers() == outer
-    assert runtime.running_workers() == outer
-    with runtime.execution_context(max_concurrent_computation_calls=2):  # Its own context.
-      assert double(3) == 6
-      inner = runtime.running_workers()
-      assert inner and inner != outer
-    _assert_gone(outer + inner)
-    assert double(4) == 8  # The outer block's context again, on a fresh worker.
-    last = runtime.running_workers()
-    assert last and not set(last) & set(outer + inner)
-  _assert_gone(last)
-  assert not runtime.running_workers()
+      with runtime.execution_context(max_concurrent_computation_calls=2):  # Its own.
+        _assert_gone(outer)
+        assert double(3) == 6
+        inner = runtime.running_workers()
+        assert inner and not set(inner) & set(outer)
+      _assert_gone(inner)
+      assert double(4) == 8  # The outer block's context again, on a fresh worker.
+      last = runtime.running_workers()
+      assert last and not set(last) & set(outer + inner)
+    _assert_gone(last)
+    assert not runtime.running_workers()
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_a_worker_started_with_sigint_ignored_stops_on_the_first_signal():

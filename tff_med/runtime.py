@@ -8,7 +8,8 @@ own that process, so this module (hand-written, for that reason) puts its own
 `execution_context(...)` is entered; importing this module changes nothing in
 TFF. That `Popen` records every worker TFF starts, so that they are all stopped
 at interpreter exit, on SIGTERM, and when an `execution_context(...)` block
-ends, normally or by an exception; on Linux it also asks the kernel to SIGKILL
+ends, normally or by an exception (a block nested in one with the same
+arguments shares its context and leaves the workers to it); on Linux it also asks the kernel to SIGKILL
 the worker if its owner dies without running any of that (`kill -9`), and it
 turns a worker that dies at start into an error instead of TFF's endless wait.
 
@@ -298,17 +299,20 @@ def execution_context(secure_sums: bool = False, max_concurrent_computation_call
 
   A block directly inside one with the same arguments runs in that block's
   context: its worker, and what the worker has compiled, serve both (a grid's
-  runs share one). A block with other arguments sets its own context and, when
-  it ends, stops every worker and sets the enclosing block's context again (a
-  fresh worker starts at its next call).
+  runs share one). A block with other arguments stops the enclosing block's
+  workers, sets its own context and, when it ends, stops every worker and sets
+  the enclosing block's context again (a fresh worker starts at its next call).
   """
   key = (secure_sums, max_concurrent_computation_calls)
   with _STATE_LOCK:
-    reuse = bool(_blocks) and _blocks[-1] == key
+    nested = bool(_blocks)
+    reuse = nested and _blocks[-1] == key
     _blocks.append(key)
     _install_locked()
   try:
     if not reuse:
+      if nested:  # TFF drops the enclosing context; its own stop of that context's
+        stop_workers()  # worker (SIGINT, then wait) never returns where SIGINT is ignored.
       _set_context(*key)
     yield
   finally:

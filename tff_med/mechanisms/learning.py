@@ -141,9 +141,10 @@ def tff_secure_sum_aggregation(task: Task, client_work=None,
                       secure.bytes_per_client(num_params), dataset_fn, secure_sums=True)
 
 
-# The algorithms' own processes with TFF's mean, by (algorithm config, model key,
-# weighted): the runs of a grid that differ only in their seed's data and initial
-# weights share one instead of tracing it again (3.6 s for heart_disease's logreg).
+# The algorithms' own processes with TFF's mean (no DP, no secure sum, no user or
+# robust aggregator), by (algorithm config, model key, weighted): the runs of a
+# grid that differ only in their seed's data and initial weights share one
+# instead of tracing it again (3.6 s for heart_disease's logreg).
 # The oldest is dropped past _MAX_PROCESSES.
 _PROCESSES: dict[tuple, tff.learning.templates.LearningProcess] = {}
 _MAX_PROCESSES = 32

@@ -29,16 +29,20 @@ def client_dataset(data: FederatedData, hospital: str, config: TrainConfig,
 def model_key(keras_model_fn: KerasModelFn, element_spec) -> tuple | None:
   """What TFF computations traced from `keras_model_fn` on data of `element_spec`
   depend on, where that is known: for `functools.partial(build_keras_model,
-  config, feature_shape, seed)`, the architecture and the element spec (and the
-  seed, which seeds dropout, when the model has dropout), not the seed's initial
-  weights. None for any other function."""
+  config, feature_shape, seed)` without dropout, the architecture and the
+  element spec, not the seed (which only sets initial weights). None for any
+  other function, and for a model with dropout (its random state lives in the
+  traced graph).
+  """
   if not (isinstance(keras_model_fn, functools.partial)
           and keras_model_fn.func is build_keras_model and not keras_model_fn.keywords
           and len(keras_model_fn.args) == 3):
     return None
-  config, feature_shape, seed = keras_model_fn.args
-  return (config.name, tuple(config.hidden_units), config.dropout, tuple(feature_shape),
-          seed if config.dropout else None, tuple(element_spec.items()))
+  config, feature_shape, _ = keras_model_fn.args
+  if config.dropout:
+    return None
+  return (config.name, tuple(config.hidden_units), tuple(feature_shape),
+          tuple(element_spec.items()))
 
 
 class Task:
