@@ -133,7 +133,8 @@ def test_three_nodes_over_mutual_tls_train_and_evaluate_as_in_process(study, con
     sent = []
     process = plan.inner.process
     plan.inner.process = type('Spy', (), {
-        **{k: getattr(process, k) for k in ('initialize', 'get_model_weights')},
+        **{k: getattr(process, k) for k in ('initialize', 'get_model_weights',
+                                            'set_model_weights')},
         'next': lambda self, state, client_data: (sent.append(client_data),
                                                   process.next(state, client_data))[1]})()
     before = [connections[h].traffic() for h in _HOSPITALS]

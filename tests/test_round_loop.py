@@ -196,6 +196,7 @@ def test_interrupt_saves_state_and_resume_equals_an_uninterrupted_run(tmp_path, 
   reference = tmp_path / 'reference'
   training.run(data, _keras, config, str(reference), log=_quiet)
   cut = tmp_path / 'cut'
+  handler = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup or `cmd &`.
   plan = _SignalAt(training.build_plan(data, _keras, config, log=_quiet), 2, signum, twice)
   summary = training.run(data, _keras, config, str(cut), plan=plan, log=_quiet)
   assert summary['status'] == 'interrupted'
@@ -203,7 +204,7 @@ def test_interrupt_saves_state_and_resume_equals_an_uninterrupted_run(tmp_path, 
   with open(cut / 'summary.json') as f:
     assert json.load(f)['status'] == 'interrupted'
   assert not (cut / 'saved_model').exists()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is handler  # Put back.
   resumed = training.run(data, _keras, config, str(cut), log=_quiet, plan=_SignalAt(
       training.build_plan(data, _keras, config, log=_quiet), at=None))  # Same chain.
   assert resumed['status'] == 'completed' and resumed['sessions'] == 2
