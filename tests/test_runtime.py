@@ -1,5 +1,6 @@
 """No TFF worker_binary outlives the program that started it."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -96,59 +97,60 @@ def test_execution_context_block_stops_its_worker_even_on_error():
     assert double(4) == 8
 
 
-def test_a_nested_block_with_the_same_arguments_shares_the_worker_and_another_restores_it():
+def _double():
+  """A TFF computation x -> 2x (TFF is imported inside the tests only)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
   @tff.tensorflow.computation(np.int32)
   def double(x):
     return x * 2
+  return double
 
-  # As under pytest-xdist, nohup or `cmd &`: workers inherit an ignored SIGINT, so
-  # TFF's own stop of a dropped context's worker (SIGINT, then wait) would hang.
+
+@contextlib.contextmanager
+def _sigint_ignored():
+  """SIGINT ignored, as under pytest-xdist, `nohup` or `cmd &` (workers inherit it)."""
   previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
-    with runtime.execution_context():
-      assert double(1) == 2
-      outer = runtime.running_workers()
-      assert len(outer) == 1
-      with runtime.execution_context():  # Same arguments: the same worker, running after.
-        assert double(2) == 4
-        assert runtime.running_workers() == outer
-      assert runtime.running_workers() == outer
-      with runtime.execution_context(max_concurrent_computation_calls=2):  # Its own.
-        _assert_gone(outer)
-        assert double(3) == 6
-        inner = runtime.running_workers()
-        assert inner and not set(inner) & set(outer)
-      _assert_gone(inner)
-      assert double(4) == 8  # The outer block's context again, on a fresh worker.
-      last = runtime.running_workers()
-      assert last and not set(last) & set(outer + inner)
-    _assert_gone(last)
-    assert not runtime.running_workers()
+    yield
   finally:
     signal.signal(signal.SIGINT, previous)
+
+
+def test_a_nested_block_with_the_same_arguments_shares_the_worker_and_another_restores_it():
+  double = _double()
+  # TFF's own stop of a dropped context's worker (SIGINT, then wait) would hang here.
+  with _sigint_ignored(), runtime.execution_context():
+    assert double(1) == 2
+    outer = runtime.running_workers()
+    assert len(outer) == 1
+    with runtime.execution_context():  # Same arguments: the same worker, running after.
+      assert double(2) == 4
+      assert runtime.running_workers() == outer
+    assert runtime.running_workers() == outer
+    with runtime.execution_context(max_concurrent_computation_calls=2):  # Its own.
+      _assert_gone(outer)
+      assert double(3) == 6
+      inner = runtime.running_workers()
+      assert inner and not set(inner) & set(outer)
+    _assert_gone(inner)
+    assert double(4) == 8  # The outer block's context again, on a fresh worker.
+    last = runtime.running_workers()
+    assert last and not set(last) & set(outer + inner)
+  _assert_gone(last)
+  assert not runtime.running_workers()
 
 
 def test_a_worker_started_with_sigint_ignored_stops_on_the_first_signal():
   """Under `nohup` or `cmd &` SIGINT is ignored and the worker inherits that:
   stopping it with SIGINT (as TFF does) waited out the grace period, then
   SIGKILL. It must end by the SIGTERM sent first."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-
-  @tff.tensorflow.computation(np.int32)
-  def double(x):
-    return x * 2
-
-  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-  try:
+  double = _double()
+  with _sigint_ignored():
     with runtime.execution_context():
       assert double(3) == 6
       workers = list(runtime._WORKERS)  # pylint: disable=protected-access
-  finally:
-    signal.signal(signal.SIGINT, previous)
   assert workers
   for worker in workers:
     try:  # Read without reaping: the module leaves that to TFF's own wait().
