@@ -81,6 +81,19 @@ def server_optimizer(config: AlgorithmConfig) -> tff.learning.optimizers.Optimiz
   raise ValueError(f'algorithm.name={config.name!r} is not federated; choose one of {FEDERATED}')
 
 
+def model_delta_client_work(
+    config: AlgorithmConfig, model_fn: Callable[[], tff.learning.models.VariableModel],
+    weighting: tff.learning.ClientWeighting, metrics_aggregator=None,
+) -> tff.learning.templates.ClientWorkProcess:
+  """TFF's model-delta client work: `config`'s client SGD over LOOP_IMPLEMENTATION,
+  updates weighted by `weighting`; `metrics_aggregator`: TFF's (None: its
+  default, which sums training metrics)."""
+  kwargs = {'metrics_aggregator': metrics_aggregator} if metrics_aggregator else {}
+  return tff.learning.templates.build_model_delta_client_work(
+      model_fn, client_optimizer(config), weighting,
+      loop_implementation=LOOP_IMPLEMENTATION, **kwargs)
+
+
 def build_learning_process(
     config: AlgorithmConfig,
     model_fn: Callable[[], tff.learning.models.VariableModel],

@@ -9,9 +9,10 @@ own that process, so this module (hand-written, for that reason) puts its own
 TFF. That `Popen` records every worker TFF starts, so that they are all stopped
 at interpreter exit, on SIGTERM, and when an `execution_context(...)` block
 ends, normally or by an exception (a block nested in one with the same
-arguments shares its context and leaves the workers to it); on Linux it also asks the kernel to SIGKILL
-the worker if its owner dies without running any of that (`kill -9`), and it
-turns a worker that dies at start into an error instead of TFF's endless wait.
+arguments shares its context and leaves the workers to it); on Linux it also
+asks the kernel to SIGKILL the worker if its owner dies without running any of
+that (`kill -9`), and it turns a worker that dies at start into an error
+instead of TFF's endless wait.
 
     with runtime.execution_context(secure_sums=False):
       ...  # run TFF computations
@@ -45,7 +46,8 @@ _START_SECONDS = 60.0  # A started worker must serve its port within this.
 
 # Installation state: what TFF's executor factory had as `subprocess` before we
 # replaced it (None while not installed), the open `execution_context` blocks'
-# arguments (innermost last), and whether a bare `set_context()` asked for ownership until exit.
+# arguments (innermost last), and whether a bare `set_context()` asked for
+# ownership until exit.
 # Never held while TFF swaps contexts: that may join a context's event-loop
 # thread, which could itself be waiting for a lock here.
 _STATE_LOCK = threading.Lock()

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_med.algorithms import LOOP_IMPLEMENTATION, client_optimizer, client_weighting
+from tff_med.algorithms import client_weighting, model_delta_client_work
 from tff_med.config import AttackConfig
 
 
@@ -40,10 +40,8 @@ def attacked(build, attack: AttackConfig):
                        'secure_agg.mode=none')
     dataset_fn = dataset_fn or task.dataset
     if client_work is None:
-      client_work = tff.learning.templates.build_model_delta_client_work(
-          task.model_fn, client_optimizer(task.config.algorithm),
-          client_weighting(task.config.algorithm),
-          loop_implementation=LOOP_IMPLEMENTATION)
+      client_work = model_delta_client_work(task.config.algorithm, task.model_fn,
+                                            client_weighting(task.config.algorithm))
 
     def attack_data(hospital: str, round_num: int):
       dataset = dataset_fn(hospital, round_num)

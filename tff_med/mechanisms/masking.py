@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_med.algorithms import LOOP_IMPLEMENTATION, client_optimizer, server_optimizer
+from tff_med.algorithms import model_delta_client_work, server_optimizer
 from tff_med.mechanisms.learning import DatasetFn, client_metrics, scalar_leaves
 from tff_med.mechanisms.round_plan import Round, RoundPlan, RoundResult
 from tff_med.mechanisms.task import Task
@@ -239,11 +239,8 @@ def fedavg_client_work(task: Task, metrics_aggregator=None
                        ) -> tff.learning.templates.ClientWorkProcess:
   """FedAvg's local SGD with unweighted updates (a secure sum cannot weight);
   `metrics_aggregator`: TFF's (None: its default, which sums training metrics)."""
-  kwargs = {'metrics_aggregator': metrics_aggregator} if metrics_aggregator else {}
-  return tff.learning.templates.build_model_delta_client_work(
-      task.model_fn, client_optimizer(task.config.algorithm),
-      tff.learning.ClientWeighting.UNIFORM,
-      loop_implementation=LOOP_IMPLEMENTATION, **kwargs)
+  return model_delta_client_work(task.config.algorithm, task.model_fn,
+                                 tff.learning.ClientWeighting.UNIFORM, metrics_aggregator)
 
 
 def masking_aggregation(task: Task, client_work=None, dataset_fn: DatasetFn | None = None,
